@@ -17,6 +17,7 @@ On a GPU the defaults are the lecture's 6 layers x 6 heads x 384 wide, context 2
 """
 
 import hashlib
+import http.client
 import math
 import os
 import sys
@@ -56,9 +57,9 @@ temperature = 0.8  # < 1 sharper, > 1 wilder; 0 = always the likeliest
 top_k = 0  # sample among the k likeliest only; 0 = all
 
 # ------------------------------------------------------------------------ configuration
+CONFIG_KEYS = [k for k, v in globals().items() if not k.startswith("_") and type(v) in (bool, int, float, str)]
 SCRIPT = "gpt_char"
 MODEL_KEYS = ("dataset", "block_size", "n_embd", "n_head", "n_layer")  # a checkpoint must share these
-CONFIG_KEYS = [k for k, v in globals().items() if not k.startswith("_") and type(v) in (bool, int, float, str)]
 
 
 def die(message, status=1):
@@ -69,10 +70,9 @@ def die(message, status=1):
 
 def configure(argv):
     """Override the globals above with name=value arguments; exit 2 on any mistake."""
-    if "kernel_launcher" in os.path.basename(argv[0] if argv else ""):
-        return  # a notebook kernel's own arguments (-f kernel.json): edit the globals instead
+    notebook = "ipykernel" in sys.modules or "kernel_launcher" in os.path.basename(argv[0] if argv else "")
     valid = "valid settings: " + " ".join(f"{k}={globals()[k]!r}" for k in CONFIG_KEYS)
-    for arg in argv[1:]:
+    for arg in [] if notebook else argv[1:]:  # a notebook's arguments are the kernel's own: edit the globals
         name, eq, text = arg.lstrip("-").partition("=")
         if not eq or name not in CONFIG_KEYS:
             die(f"unknown setting {arg!r}; {valid}", 2)
@@ -134,20 +134,26 @@ def download(url, path, sha256):
     while not os.path.isdir(parent):
         new_folders.append(parent)
         parent = os.path.dirname(parent) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".download-")
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".download-")
         print(f"downloading {url}")
         with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=30) as response:
             f.write(response.read())
-        if sha256_of(tmp) != sha256:
-            raise ValueError(f"its SHA-256 is {sha256_of(tmp)}, not {sha256}")
+        digest = sha256_of(tmp)
+        if digest != sha256:
+            raise ValueError(f"its SHA-256 is {digest}, not {sha256}")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except (OSError, ValueError) as e:
-        os.remove(tmp)
-        for new in new_folders:
-            os.rmdir(new)
+        tmp = None
+    except (OSError, ValueError, http.client.HTTPException) as e:
         die(f"could not download {url} ({e}); download it by hand and save it as {path}")
+    finally:  # failed or interrupted: leave nothing behind
+        if tmp is not None:
+            os.remove(tmp)
+            for new in new_folders:
+                os.rmdir(new)
 
 
 def data_file(name):
@@ -167,10 +173,12 @@ def read_atticus(path):
     Reads the EpiDoc markup (<div subtype="letter">, <seg rend="dateline">) and the older
     hopper markup (<div2>, <dateline>); drops the editor's deletions, expansions and notes.
     """
-    from bs4 import BeautifulSoup  # pip install beautifulsoup4 lxml
-
-    with open(path, encoding="utf-8") as f:
-        soup = BeautifulSoup(f, "xml")
+    try:
+        from bs4 import BeautifulSoup
+        with open(path, encoding="utf-8") as f:
+            soup = BeautifulSoup(f, "xml")  # lxml's XML parser
+    except ImportError:  # bs4.FeatureNotFound, when lxml is missing, is an ImportError too
+        die("reading atticus.xml needs BeautifulSoup and lxml: pip install beautifulsoup4 lxml")
     letters = []
     for letter in soup.find_all("div", subtype="letter") or soup.find_all("div2"):
         for tag in letter.find_all(["del", "expan", "note"]):
@@ -345,8 +353,11 @@ def load_checkpoint(path, model, optimizer, vocab):
         die(f"resume=true but there is no checkpoint at {path}; train without resume first")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        missing = {"model", "optimizer", "config", "vocab", "step", "val_loss", "history"} - set(checkpoint)
     except Exception as e:  # a truncated or foreign file: say so, leave it alone
         die(f"{path} is not a checkpoint this script can read ({type(e).__name__})")
+    if missing:
+        die(f"{path} is not a checkpoint of {SCRIPT}.py: it has no {', '.join(sorted(missing))}")
     changed = [f"{k}={checkpoint['config'].get(k)!r}" for k in MODEL_KEYS if checkpoint["config"].get(k) != globals()[k]]
     if changed or checkpoint["vocab"] != vocab:
         die(f"{path} was trained with other settings ({' '.join(changed) or 'another vocabulary'}); "
@@ -380,10 +391,10 @@ def clock(seconds):
 
 # ----------------------------------------------------------------------------- sampling
 def sample(model, encode, decode, device, ctx=nullcontext()):
-    """Continue the prompt `start` by max_new_tokens tokens, with dropout off and no gradients."""
+    """Continue the prompt `start` by max_new_tokens tokens, with dropout off (generate keeps no gradients)."""
     model.eval()
     idx = torch.tensor([encode(start)], dtype=torch.long, device=device)  # (1, T)
-    with torch.no_grad(), ctx:
+    with ctx:
         out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k or None)
     return decode(out[0].tolist())
 
@@ -431,16 +442,16 @@ def main():
     t0 = last = time.time()
     first = last_step = step
     for step in range(step, max_iters + 1):
-        if step % eval_interval == 0 or step == max_iters:
-            losses = estimate_loss(model, splits, eval_iters, batch_size, block_size, device, ctx)
+        if (step % eval_interval == 0 or step == max_iters) and not (step == first and history):  # not twice on resume
             now = time.time()
-            speed = (step - last_step) * batch_size * block_size / (now - last)
+            speed = (step - last_step) * batch_size * block_size / max(now - last, 1e-9)
+            losses = estimate_loss(model, splits, eval_iters, batch_size, block_size, device, ctx)
             left = (now - t0) / max(1, step - first) * (max_iters - step)
             print(f"step {step}/{max_iters} | train {losses['train']:.4f} | val {losses['val']:.4f} | "
                   f"val bpc {losses['val'] * bpc:.3f} | {speed:,.0f} tok/s | {clock(now - t0)} | {clock(left)} left",
                   flush=True)
             history.append((step, losses["train"], losses["val"]))
-            if losses["val"] < best_val or step == max_iters:
+            if step > first and (losses["val"] < best_val or step == max_iters):  # an untrained model is not saved
                 best_val = min(best_val, losses["val"])
                 save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                        "config": config, "vocab": vocab, "step": step,

@@ -51,9 +51,9 @@ resume = False  # continue training from out_dir/sort_task.pt
 start = ""  # digits to sort after training, e.g. 210210; empty = a held-out example
 
 # ------------------------------------------------------------------------ configuration
+CONFIG_KEYS = [k for k, v in globals().items() if not k.startswith("_") and type(v) in (bool, int, float, str)]
 SCRIPT = "sort_task"
 MODEL_KEYS = ("length", "num_digits", "n_embd", "n_head", "n_layer")  # a checkpoint must share these
-CONFIG_KEYS = [k for k, v in globals().items() if not k.startswith("_") and type(v) in (bool, int, float, str)]
 
 
 def die(message, status=1):
@@ -64,10 +64,9 @@ def die(message, status=1):
 
 def configure(argv):
     """Override the globals above with name=value arguments; exit 2 on any mistake."""
-    if "kernel_launcher" in os.path.basename(argv[0] if argv else ""):
-        return  # a notebook kernel's own arguments (-f kernel.json): edit the globals instead
+    notebook = "ipykernel" in sys.modules or "kernel_launcher" in os.path.basename(argv[0] if argv else "")
     valid = "valid settings: " + " ".join(f"{k}={globals()[k]!r}" for k in CONFIG_KEYS)
-    for arg in argv[1:]:
+    for arg in [] if notebook else argv[1:]:  # a notebook's arguments are the kernel's own: edit the globals
         name, eq, text = arg.lstrip("-").partition("=")
         if not eq or name not in CONFIG_KEYS:
             die(f"unknown setting {arg!r}; {valid}", 2)
@@ -123,11 +122,11 @@ def input_set(held, n_max=2000):
     if num_digits ** length <= 50 * n_max:
         inputs = [list(t) for t in itertools.product(range(num_digits), repeat=length)]
         return torch.tensor([x for x in inputs if held_out(x) == held])
-    generator, found = torch.Generator().manual_seed(seed), set()
+    generator, found = torch.Generator().manual_seed(seed), {}  # a dict keeps the order of the draws
     while len(found) < n_max:
-        found.update(tuple(x) for x in torch.randint(num_digits, (n_max, length), generator=generator).tolist()
+        found.update((tuple(x), None) for x in torch.randint(num_digits, (n_max, length), generator=generator).tolist()
                      if held_out(x) == held)
-    return torch.tensor(sorted(found)[:n_max])
+    return torch.tensor(list(found)[:n_max])
 
 
 def examples(inputs):
@@ -308,8 +307,11 @@ def load_checkpoint(path, model, optimizer, vocab):
         die(f"resume=true but there is no checkpoint at {path}; train without resume first")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        missing = {"model", "optimizer", "config", "vocab", "step", "val_loss", "history"} - set(checkpoint)
     except Exception as e:  # a truncated or foreign file: say so, leave it alone
         die(f"{path} is not a checkpoint this script can read ({type(e).__name__})")
+    if missing:
+        die(f"{path} is not a checkpoint of {SCRIPT}.py: it has no {', '.join(sorted(missing))}")
     changed = [f"{k}={checkpoint['config'].get(k)!r}" for k in MODEL_KEYS if checkpoint["config"].get(k) != globals()[k]]
     if changed or checkpoint["vocab"] != vocab:
         die(f"{path} was trained with other settings ({' '.join(changed) or 'another vocabulary'}); "
@@ -397,6 +399,8 @@ def main():
     encode, decode = make_tokenizer(vocab)
     splits = {"train": False, "val": True}  # which side of the hash split each draws from
     tests = {"held-out": input_set(held=True), "train": input_set(held=False)}
+    if min(len(inputs) for inputs in tests.values()) < 2:
+        die(f"length={length} num_digits={num_digits} has too few inputs to hold a quarter out; make them larger")
 
     model = GPT(len(vocab), 2 * length - 1, n_embd, n_head, n_layer, dropout).to(device)
     print(f"{SCRIPT}: device {device} | {sum(p.numel() for p in model.parameters()):,} parameters | "
@@ -416,17 +420,17 @@ def main():
     t0 = last = time.time()
     first = last_step = step
     for step in range(step, max_iters + 1):
-        if step % eval_interval == 0 or step == max_iters:
+        if (step % eval_interval == 0 or step == max_iters) and not (step == first and history):  # not twice on resume
+            now = time.time()
+            speed = (step - last_step) * batch_size * (2 * length - 1) / max(now - last, 1e-9)
             losses = estimate_loss(model, splits, eval_iters, batch_size, device, ctx)
             accuracy, _ = sort_accuracy(model, tests["held-out"], device)
-            now = time.time()
-            speed = (step - last_step) * batch_size * (2 * length - 1) / (now - last)
             left = (now - t0) / max(1, step - first) * (max_iters - step)
             print(f"step {step}/{max_iters} | train {losses['train']:.4f} | val {losses['val']:.4f} | "
                   f"held-out sorted {accuracy:.1%} | {speed:,.0f} tok/s | {clock(now - t0)} | {clock(left)} left",
                   flush=True)
             history.append((step, losses["train"], losses["val"]))
-            if losses["val"] < best_val or step == max_iters:
+            if step > first and (losses["val"] < best_val or step == max_iters):  # an untrained model is not saved
                 best_val = min(best_val, losses["val"])
                 save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                        "config": config, "vocab": vocab, "step": step,

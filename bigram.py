@@ -5,7 +5,7 @@ The simplest model that can write: it guesses the next character from the curren
 alone. It is a single table, vocabulary x vocabulary, whose row for a character holds the
 scores (logits) of every character that may follow it. It learns by gradient descent on
 tinyshakespeare (or Cicero's letters, dataset=atticus), and beside it the script computes
-the exact answer such a table can reach, the smoothed counts of character pairs, so that
+the same table in closed form, from add-one smoothed counts of character pairs, so that
 you can watch the trained model close the gap. Step 2 (gpt_char.py) lets every character
 look at all those before it.
 
@@ -13,7 +13,8 @@ Run:   python bigram.py                          tinyshakespeare
        python bigram.py dataset=atticus          Cicero's Letters to Atticus
        python bigram.py max_iters=500 learning_rate=0.05   any global below, as name=value
 
-Expect (measured, README.md): CPU_RESULT
+Expect (measured on 2 CPU cores, README.md): 7.8 s, val loss 2.4875 (3.59 bits per
+character) on tinyshakespeare, against 2.4819 for the smoothed counts.
 """
 
 import hashlib
@@ -238,7 +239,7 @@ class BigramLanguageModel(nn.Module):
 
 
 def count_optimum(train, val, vocab_size):
-    """The best loss a bigram table can reach: add-one smoothed counts of pairs in train, scored on val."""
+    """The bigram table in closed form: add-one smoothed counts of pairs in train, scored on val (nats)."""
     counts = torch.ones(vocab_size, vocab_size)  # one imagined sighting of every pair: none is impossible
     counts.index_put_((train[:-1], train[1:]), torch.tensor(1.0), accumulate=True)
     log_probs = (counts / counts.sum(dim=1, keepdim=True)).log()  # row i: log P(next | i)
@@ -365,7 +366,7 @@ def main():
 
     model = BigramLanguageModel(len(vocab)).to(device)
     best = count_optimum(splits["train"], splits["val"], len(vocab))
-    print(f"exact optimum of a bigram table (smoothed counts): val {best:.4f} | val bpc {best * bpc:.3f}")
+    print(f"counting answer (add-one smoothed pair counts): val {best:.4f} | val bpc {best * bpc:.3f}")
     print(f"{SCRIPT}: device {device} | {sum(p.numel() for p in model.parameters()):,} parameters | "
           f"{dataset}: {len(text):,} characters, {len(data):,} tokens, vocabulary {len(vocab)}")
     matrices = [p for p in model.parameters() if p.dim() >= 2]  # weight decay on these only

@@ -11,9 +11,10 @@ Run:   python gpt_char.py                        tinyshakespeare, sized to this 
        python gpt_char.py max_iters=500 n_layer=4    any global below, as name=value
        python gpt_char.py max_iters=0            only sample from out/gpt_char.pt
 
-Expect (measured, README.md): CPU_RESULT
-On a GPU the defaults are the lecture's 6 layers x 6 heads x 384 wide, context 256
-(not measured here).
+Expect (measured on 2 CPU cores, README.md): the CPU defaults (4 layers x 4 heads x 128
+wide, context 64, 2,000 steps) train in 4 min 10 s to val loss 1.645 (2.37 bits per
+character) on tinyshakespeare, and write something like a play. On a GPU the defaults are
+the lecture's 6 layers x 6 heads x 384 wide, context 256, 5,000 steps (not measured yet).
 """
 
 import hashlib
@@ -40,7 +41,7 @@ n_layer = 6 if _gpu else 4  # Transformer blocks
 n_head = 6 if _gpu else 4  # attention heads per block; must divide n_embd
 n_embd = 384 if _gpu else 128  # width of the residual stream
 dropout = 0.2 if _gpu else 0.0  # on the residual and MLP outputs, 0 to <1
-max_iters = 5000 if _gpu else 2200  # optimizer steps
+max_iters = 5000 if _gpu else 2000  # optimizer steps
 eval_interval = 500  # steps between evaluations (and checkpoints)
 eval_iters = 200 if _gpu else 20  # batches per loss estimate
 learning_rate = 1e-3 if _gpu else 5e-3  # peak, after warm-up

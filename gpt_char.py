@@ -71,7 +71,7 @@ def die(message, status=1):
 
 def configure(argv):
     """Override the globals above with name=value arguments; exit 2 on any mistake."""
-    notebook = "ipykernel" in sys.modules or "kernel_launcher" in os.path.basename(argv[0] if argv else "")
+    notebook = "kernel_launcher" in os.path.basename(argv[0] if argv else "")  # ipykernel_launcher.py -f kernel.json
     valid = "valid settings: " + " ".join(f"{k}={globals()[k]!r}" for k in CONFIG_KEYS)
     for arg in [] if notebook else argv[1:]:  # a notebook's arguments are the kernel's own: edit the globals
         name, eq, text = arg.lstrip("-").partition("=")

@@ -146,6 +146,7 @@ def download(url, path, sha256):
     finally:  # failed or interrupted: leave nothing behind
         if tmp is not None:
             os.remove(tmp)
+        if not os.path.exists(path):
             for new in new_folders:
                 os.rmdir(new)
 

@@ -30,6 +30,8 @@ TINY = {  # settings small enough that a whole run takes a few seconds
                    max_new_tokens=40),
     "gpt_char": dict(device="cpu", max_iters=4, eval_interval=2, eval_iters=2, batch_size=4, block_size=16,
                      max_new_tokens=40, n_layer=1, n_head=2, n_embd=16),
+    "gpt_bpe": dict(device="cpu", max_iters=4, eval_interval=2, eval_iters=2, batch_size=4, block_size=16,
+                    max_new_tokens=40, n_layer=1, n_head=2, n_embd=16),
 }
 LOG_LINE = re.compile(r"^step (\d+)/(\d+) \| train ([\d.]+) \| val ([\d.]+) \| val bpc ([\d.]+) \| ", re.M)
 SAMPLE_MARK = "--- sample"
@@ -51,12 +53,22 @@ def run(script, *args, cwd, tiny=True, script_dir=ROOT, timeout=300):
                           cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-def losses(stdout):
+def losses(stdout, chars_per_token=1.0):
     """(step, train loss, val loss) of each log line; val bits per character checked on the way."""
     lines = LOG_LINE.findall(stdout)
-    for m in lines:  # characters are the tokens here: bits per character = nats per token / ln 2
-        assert float(m[4]) == pytest.approx(float(m[3]) / math.log(2), abs=2e-3)
+    for m in lines:  # bits per character = nats per token / ln 2 / characters per token
+        assert float(m[4]) == pytest.approx(float(m[3]) / math.log(2) / chars_per_token, abs=2e-3)
     return [(int(m[0]), float(m[2]), float(m[3])) for m in lines]
+
+
+def val_chars_per_token(script, dataset):
+    """Characters per token of the validation text (the last 10 % of the tokens), computed here with tiktoken."""
+    if script != "gpt_bpe":
+        return 1.0
+    enc = offline_gpt2()
+    ids = enc.encode_ordinary(load(script).load_text(dataset))
+    val = ids[int(0.9 * len(ids)):]
+    return len(enc.decode(val)) / len(val)
 
 
 def sha256(path):
@@ -70,16 +82,19 @@ def listing(folder):
 
 # ------------------------------------------------------------------ end to end, as a user
 @pytest.mark.parametrize("dataset", ["shakespeare", "atticus"])
-@pytest.mark.parametrize("script", ["bigram", "gpt_char"])
+@pytest.mark.parametrize("script", ["bigram", "gpt_char", "gpt_bpe"])
 def test_script_end_to_end(script, dataset, tmp_path):
     p = run(script, f"dataset={dataset}", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    steps = losses(p.stdout)
+    steps = losses(p.stdout, val_chars_per_token(script, dataset))
     assert [s for s, _, _ in steps] == [0, 2, 4]  # step 0, every eval_interval, the last step
-    assert all(0 < train < 10 and 0 < val < 10 for _, train, val in steps)
+    assert all(0 < train < 12 and 0 < val < 12 for _, train, val in steps)
     assert f"device cpu" in p.stdout and "parameters" in p.stdout
     sample = p.stdout.split(SAMPLE_MARK, 1)[1].split("\n", 1)[1]
-    assert len(sample) == 1 + 40 + 1  # the prompt "\n", 40 new characters, print's newline
+    if script == "gpt_bpe":  # 40 tokens of one or more bytes each after the prompt
+        assert sample.startswith("Scr. Romae") and len(sample.encode()) >= len("Scr. Romae") + 40 + 1
+    else:
+        assert len(sample) == 1 + 40 + 1  # the prompt "\n", 40 new characters, print's newline
     checkpoint = torch.load(tmp_path / "out" / f"{script}.pt", weights_only=True)
     assert set(checkpoint) >= {"model", "config", "vocab", "step", "val_loss"}
     assert checkpoint["step"] == 4 and checkpoint["config"]["dataset"] == dataset
@@ -87,7 +102,7 @@ def test_script_end_to_end(script, dataset, tmp_path):
     assert not [f for f in os.listdir(tmp_path / "out") if f.endswith(".tmp")]  # saved atomically
 
 
-@pytest.mark.parametrize("script", ["bigram", "gpt_char"])
+@pytest.mark.parametrize("script", ["bigram", "gpt_char", "gpt_bpe"])
 def test_runs_as_a_notebook_cell(script, tmp_path):
     """The source pasted into a cell: no __file__, the kernel's own argv, globals edited by hand."""
     source = open(os.path.join(ROOT, f"{script}.py"), encoding="utf-8").read()
@@ -101,7 +116,8 @@ def test_runs_as_a_notebook_cell(script, tmp_path):
               "exec(compile(open('cell.py', encoding='utf-8').read(), '<cell>', 'exec'), {'__name__': '__main__'})")
     p = subprocess.run([sys.executable, "-c", kernel], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
-    assert [s for s, _, _ in losses(p.stdout)] == [0, 2, 4]
+    dataset = "atticus" if script == "gpt_bpe" else "shakespeare"  # each script's default
+    assert [s for s, _, _ in losses(p.stdout, val_chars_per_token(script, dataset))] == [0, 2, 4]
     assert SAMPLE_MARK in p.stdout
     assert (tmp_path / "out" / f"{script}.pt").exists()
 
@@ -155,7 +171,7 @@ def test_bad_overrides_exit_2(args, message, capsys):
         assert "valid settings: " in err and "max_iters=" in err and "n_layer=" in err
 
 
-@pytest.mark.parametrize("script", ["bigram", "gpt_char"])
+@pytest.mark.parametrize("script", ["bigram", "gpt_char", "gpt_bpe"])
 def test_bad_override_stops_before_any_data_is_read(script, tmp_path):
     """A copy of the script alone in an empty folder: a typo must not start a download."""
     shutil.copy(os.path.join(ROOT, f"{script}.py"), tmp_path)
@@ -249,14 +265,16 @@ def test_corrupted_data_file_is_refused(tmp_path, capsys):
     assert (tmp_path / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8") == "not Shakespeare"
 
 
-def test_shipped_data_matches_its_checksums():
-    g = load("gpt_char")
+@pytest.mark.parametrize("script", ["bigram", "gpt_char", "gpt_bpe"])
+def test_shipped_data_matches_its_checksums(script):
+    g = load(script)
     for name, (_, expected) in g.DATA_FILES.items():
         assert sha256(os.path.join(DATA, name)) == expected
 
 
-def test_atticus_parser_on_the_shipped_epidoc_file():
-    text = load("gpt_char").load_text("atticus")
+@pytest.mark.parametrize("script", ["bigram", "gpt_char", "gpt_bpe"])
+def test_atticus_parser_on_the_shipped_epidoc_file(script):
+    text = load(script).load_text("atticus")
     letters = text.split("\n\n")
     assert len(letters) == 446
     dateline, salute, body = letters[0].split("\n")
@@ -266,7 +284,8 @@ def test_atticus_parser_on_the_shipped_epidoc_file():
     assert "<" not in text and "  " not in text and 700_000 < len(text) < 900_000
 
 
-def test_atticus_parser_on_hopper_markup(tmp_path):
+@pytest.mark.parametrize("script", ["bigram", "gpt_char", "gpt_bpe"])
+def test_atticus_parser_on_hopper_markup(script, tmp_path):
     (tmp_path / "hopper.xml").write_text("""<?xml version="1.0" encoding="UTF-8"?>
 <TEI.2><text><body><div1 type="book" n="1">
 <div2 type="letter" n="1"><opener><dateline>Scr. Romae
@@ -276,7 +295,7 @@ def test_atticus_parser_on_hopper_markup(tmp_path):
 <div2 type="letter" n="2"><opener><dateline>Scr. Romae a. 689.</dateline><salute>CICERO ATTICO SAL.</salute></opener>
 <p>L. Iulio Caesare <del>verum</del> C. Marcio Figulo consulibus filiolo me auctum scito.</p></div2>
 </div1></body></text></TEI.2>""", encoding="utf-8")
-    assert load("gpt_char").read_atticus(str(tmp_path / "hopper.xml")) == (
+    assert load(script).read_atticus(str(tmp_path / "hopper.xml")) == (
         "Scr. Romae a. 689.\nCICERO ATTICO SAL.\npetitionis nostrae, quam tibi summae curae esse scio. "
         "Graece: \u1f00\u03b4\u03cd\u03bd\u03b1\u03c4\u03bf\u03bd\n\n"
         "Scr. Romae a. 689.\nCICERO ATTICO SAL.\nL. Iulio Caesare C. Marcio Figulo consulibus filiolo me auctum scito.")
@@ -410,6 +429,195 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_checkpoint(tmp_path):
     assert torch.load(tmp_path / "out" / "gpt_char.pt", weights_only=True)["step"] in (5, 10)
 
 
+# ------------------------------------------------------------------- tokenizers (gpt_bpe)
+GPT2_URLS = {"vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+             "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json"}
+HARD_STRINGS = [
+    "", " ", "  ", "   x", "a  b   c", "\n", "\n\n\n", "line\n  indented\n\n", "\r\n", "a\r\nb\r\n\r\n", "\t", "\ta\t\tb \t",
+    "trailing spaces   ", " leading", "it's", "don't", "we're", "they've", "I'm", "you'll", "he'd",
+    "IT'S", "DON'T", "WE'RE", "THEY'VE", "I'M", "YOU'LL", "HE'D", "'s 't 're 've 'm 'll 'd", "''s", "rock'n'roll",
+    "0", "1234567890", "3.14159", "1,000,000", "a1b2c3", "!!!", "...", "?!?!", "--", "((()))", "[{<>}]", "@#$%^&*",
+    "a.b.c", "e.g.,", "Scr. Romae a. 689.", "CICERO ATTICO SAL.", "café", "naïve façade", "Æneas Cæsar",
+    "ἀδύνατον", "τὸ δὲ μέγιστον", "日本語のテキスト", "中文", "한국어", "emoji 😀 👍🏽 🇮🇹", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𐍈",
+    "\u0301", "e\u0301", " \u0301x", "\u00a0non-breaking\u00a0space", "zero\u200bwidth", "\x00\x01\x1f\x7f",
+    "<|endoftext|>", "a<|endoftext|>b",
+]
+
+
+def offline_gpt2():
+    """gpt_bpe.py's tiktoken "gpt2" encoding, built from data/gpt2/ (once)."""
+    if not hasattr(offline_gpt2, "enc"):
+        offline_gpt2.enc = load("gpt_bpe").tiktoken_encoding("gpt2")
+    return offline_gpt2.enc
+
+
+@pytest.fixture(scope="module")
+def tiktoken_gpt2(tmp_path_factory):
+    """tiktoken.get_encoding("gpt2") itself, offline: its download cache primed with the shipped files."""
+    import tiktoken
+    cache = tmp_path_factory.mktemp("tiktoken-cache")
+    for name, url in GPT2_URLS.items():  # tiktoken names a cached file by the SHA-1 of its URL
+        shutil.copy(os.path.join(DATA, "gpt2", name), cache / hashlib.sha1(url.encode()).hexdigest())
+    old = os.environ.get("TIKTOKEN_CACHE_DIR")
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
+    try:
+        yield tiktoken.get_encoding("gpt2")
+    finally:
+        os.environ.pop("TIKTOKEN_CACHE_DIR") if old is None else os.environ.update(TIKTOKEN_CACHE_DIR=old)
+
+
+@pytest.fixture(scope="module")
+def scratch():
+    b = load("gpt_bpe")
+    return b.GPT2Tokenizer(os.path.join(DATA, "gpt2", "encoder.json"), os.path.join(DATA, "gpt2", "vocab.bpe"))
+
+
+def test_offline_gpt2_is_tiktokens_gpt2(tiktoken_gpt2):
+    enc = offline_gpt2()
+    assert enc._mergeable_ranks == tiktoken_gpt2._mergeable_ranks and enc._pat_str == tiktoken_gpt2._pat_str
+    assert enc._special_tokens == tiktoken_gpt2._special_tokens == {"<|endoftext|>": 50256}
+    assert enc.n_vocab == tiktoken_gpt2.n_vocab == 50257
+    for s in HARD_STRINGS:
+        assert enc.encode_ordinary(s) == tiktoken_gpt2.encode_ordinary(s), s
+
+
+def test_scratch_tokenizer_known_answers(scratch):
+    assert scratch.encode("Hello world") == [15496, 995]  # GPT-2's ids for "Hello" and " world"
+    assert scratch.encode("") == [] and scratch.decode([]) == ""
+    assert load("gpt_bpe").bytes_to_unicode()[ord(" ")] == "Ġ" and len(set(load("gpt_bpe").bytes_to_unicode().values())) == 256
+
+
+@pytest.mark.parametrize("text", HARD_STRINGS)
+def test_scratch_tokenizer_equals_tiktoken_on_hard_strings(text, scratch, tiktoken_gpt2):
+    assert scratch.encode(text) == tiktoken_gpt2.encode_ordinary(text)
+    assert scratch.decode(scratch.encode(text)) == text
+
+
+def test_scratch_tokenizer_end_of_text_as_gpt2(scratch, tiktoken_gpt2):
+    text = "one<|endoftext|>two"
+    assert 50256 not in scratch.encode(text)  # ordinary text unless asked for
+    asked = scratch.encode(text, allowed_special={"<|endoftext|>"})
+    assert asked == tiktoken_gpt2.encode(text, allowed_special={"<|endoftext|>"}) and asked.count(50256) == 1
+    assert scratch.decode(asked) == text and scratch.decode([50256]) == "<|endoftext|>"
+    ids = tiktoken_gpt2.encode_ordinary("\U0001d518")  # one 4-byte character, more than one token
+    assert len(ids) > 1 and scratch.decode(ids[:1]) == tiktoken_gpt2.decode(ids[:1]) == "\ufffd"  # cut: U+FFFD
+
+
+@pytest.mark.parametrize("dataset", ["atticus", "shakespeare"])
+def test_scratch_tokenizer_equals_tiktoken_on_whole_corpora(dataset, tiktoken_gpt2):
+    import time
+    b = load("gpt_bpe")
+    text = b.load_text(dataset)
+    fresh = b.GPT2Tokenizer(os.path.join(DATA, "gpt2", "encoder.json"), os.path.join(DATA, "gpt2", "vocab.bpe"))
+    t = time.perf_counter()
+    ids = fresh.encode(text)
+    seconds = time.perf_counter() - t
+    assert ids == tiktoken_gpt2.encode_ordinary(text)
+    assert fresh.decode(ids) == text
+    assert seconds < 5, f"the scratch tokenizer took {seconds:.1f} s on {dataset}"
+    if dataset == "atticus":
+        assert 4000 < len(set(ids)) < 5000  # the compact vocabulary: about 4.4 k of GPT-2's 50,257 ids
+
+
+def test_corrupted_gpt2_file_is_refused(tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(os.path.join(DATA, "gpt2"), data / "gpt2")
+    with open(data / "gpt2" / "vocab.bpe", "a", encoding="utf-8") as f:
+        f.write("x y\n")
+    corrupted = sha256(data / "gpt2" / "vocab.bpe")
+    for choice in ("tiktoken", "scratch"):
+        b = load("gpt_bpe")
+        b.DATA_DIR, b.tokenizer = str(data), choice
+        with pytest.raises(SystemExit) as stop:
+            b.load_bpe()
+        assert stop.value.code == 1 and "vocab.bpe is not the expected file (SHA-256 mismatch)" in capsys.readouterr().err
+    assert sha256(data / "gpt2" / "vocab.bpe") == corrupted and listing(data) == ["gpt2/encoder.json", "gpt2/vocab.bpe"]
+
+
+def test_missing_gpt2_files_are_downloaded(server, tmp_path):
+    root, url = server
+    for name in GPT2_URLS:
+        shutil.copy(os.path.join(DATA, "gpt2", name), root / name)
+    b = load("gpt_bpe")
+    b.DATA_DIR = str(tmp_path / "data")
+    for name in GPT2_URLS:
+        b.DATA_FILES[f"gpt2/{name}"] = (f"{url}/{name}", b.DATA_FILES[f"gpt2/{name}"][1])
+    encode, decode, n_ids = b.load_bpe()
+    assert encode("Hello world") == [15496, 995] and n_ids == 50257
+    assert listing(tmp_path / "data") == ["gpt2/encoder.json", "gpt2/vocab.bpe"]
+
+
+@pytest.mark.parametrize("args, status, message", [
+    (["encoding=cl100k_base"], 1, "tiktoken could not load the encoding 'cl100k_base'"),
+    (["encoding=no_such_encoding"], 1, "tiktoken could not load the encoding 'no_such_encoding'"),
+    (["tokenizer=scratch", "encoding=cl100k_base"], 2, "tokenizer=scratch is GPT-2's BPE: it needs encoding=gpt2"),
+    (["tokenizer=sentencepiece"], 2, "tokenizer='sentencepiece' is not tiktoken or scratch"),
+    (["start=日本"], 1, "has tokens that never occur in atticus"),
+])
+def test_gpt_bpe_mistakes(args, status, message, tmp_path):
+    with socket.socket() as s:  # no network: every download goes to a proxy that nobody runs
+        s.bind(("127.0.0.1", 0))
+        proxy = f"http://127.0.0.1:{s.getsockname()[1]}"
+    env = {**os.environ, "HTTPS_PROXY": proxy, "HTTP_PROXY": proxy, "https_proxy": proxy, "http_proxy": proxy,
+           "TIKTOKEN_CACHE_DIR": str(tmp_path / "cache")}
+    settings = [f"{k}={v}" for k, v in TINY["gpt_bpe"].items()]
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "gpt_bpe.py"), *settings, *args], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == status and message in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args", [["tokenizer=scratch"], ["compact_vocab=false"], ["dataset=shakespeare", "tokenizer=scratch"]])
+def test_gpt_bpe_variants(args, tmp_path):
+    p = run("gpt_bpe", *args, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    dataset = "shakespeare" if "dataset=shakespeare" in args else "atticus"
+    assert [s for s, _, _ in losses(p.stdout, val_chars_per_token("gpt_bpe", dataset))] == [0, 2, 4]
+    vocabulary = int(re.search(r"vocabulary (\d+)", p.stdout)[1])
+    assert vocabulary == 50257 if "compact_vocab=false" in args else 4000 < vocabulary < 20000
+    checkpoint = torch.load(tmp_path / "out" / "gpt_bpe.pt", weights_only=True)
+    assert len(checkpoint["vocab"]) == vocabulary == checkpoint["model"]["lm_head.weight"].shape[0]
+    if "compact_vocab=false" in args:  # the checkpoint of the full vocabulary does not fit the compact one
+        p = run("gpt_bpe", "max_iters=0", cwd=tmp_path)
+        assert p.returncode == 1 and "compact_vocab=False" in p.stderr and "Traceback" not in p.stderr
+
+
+# ----------------------------------------------------------------- one skeleton, four scripts
+SHARED = {  # block -> the scripts that must hold the very same text of it
+    ("die", "configure", "get_lr", "save_checkpoint", "load_checkpoint", "plot_losses", "clock", "estimate_loss",
+     "main: the training loop"): ["bigram", "gpt_char", "gpt_bpe", "sort_task"],
+    ("sha256_of", "download", "data_file", "read_atticus", "load_text", "get_batch", "sample",
+     "main: set-up", "main: the training loop's log line"): ["bigram", "gpt_char", "gpt_bpe"],
+    ("CausalSelfAttention", "MLP", "Block", "GPT"): ["gpt_char", "gpt_bpe", "sort_task"],
+}
+
+
+def blocks(script):
+    """A script's top-level functions and classes by name, and pieces of main(), as source text."""
+    import ast
+    source = open(os.path.join(ROOT, f"{script}.py"), encoding="utf-8").read()
+    found = {node.name: ast.get_source_segment(source, node) for node in ast.parse(source).body
+             if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    main = found["main"]
+    found["main: set-up"] = main[: main.index("\n\n")]  # overrides, seed, device, autocast, scaler
+    loop = main[main.index("    for step in range("): main.index("\n    if len(history) > 1:")]
+    log = re.search(r"\n {12}print\(.*?flush=True\)", loop, re.S)[0]  # what sort_task.py logs differs
+    found["main: the training loop's log line"] = log
+    found["main: the training loop"] = re.sub(r"\n {12}accuracy, _ = .*", "", loop.replace(log, ""))
+    return found
+
+
+@pytest.mark.parametrize("names, scripts", SHARED.items(), ids=lambda v: v[0] if isinstance(v, tuple) else "")
+def test_shared_blocks_have_the_same_text(names, scripts):
+    """A fix in one script cannot silently miss its twins: these blocks must be equal, letter for letter."""
+    found = {script: blocks(script) for script in scripts}
+    for name in names:
+        first = found[scripts[0]][name]
+        assert len(first.splitlines()) >= 2, name
+        for script in scripts[1:]:
+            assert found[script][name] == first, f"{name} differs between {scripts[0]}.py and {script}.py"
+
+
 # ---------------------------------------------------------------------------- sort task
 def test_sort_examples_mask_the_input_half():
     s = load("sort_task")
@@ -433,10 +641,10 @@ def test_sort_split_is_stable_and_training_never_sees_held_out_inputs():
                          text=True, env={**os.environ, "PYTHONHASHSEED": "12345"}, check=True).stdout
     assert out.strip() == str(sorted(held))
     for _ in range(50):
-        x, y = s.get_batch(False, 64, "cpu")
+        x, y = s.get_batch(False, 64, 2 * s.length - 1, "cpu")
         assert not {tuple(row) for row in x[:, : s.length].tolist()} & held
         assert (y[:, : s.length - 1] == -1).all() and (y[:, s.length - 1:] >= 0).all()
-    x, _ = s.get_batch(True, 64, "cpu")
+    x, _ = s.get_batch(True, 64, 2 * s.length - 1, "cpu")
     assert {tuple(row) for row in x[:, : s.length].tolist()} <= held
     repeats = [len(set(row)) for row in s.random_inputs(1000).tolist()]
     assert sum(r <= 2 for r in repeats) > 500  # inputs with many repeated digits are oversampled

@@ -177,10 +177,11 @@ def read_atticus(path):
     """
     try:
         from bs4 import BeautifulSoup
-        with open(path, encoding="utf-8") as f:
-            soup = BeautifulSoup(f, "xml")  # lxml's XML parser
-    except ImportError:  # bs4.FeatureNotFound, when lxml is missing, is an ImportError too
+        import lxml  # noqa: F401  the XML parser that BeautifulSoup(..., "xml") uses
+    except ImportError:
         die("reading atticus.xml needs BeautifulSoup and lxml: pip install beautifulsoup4 lxml")
+    with open(path, encoding="utf-8") as f:
+        soup = BeautifulSoup(f, "xml")
     letters = []
     for letter in soup.find_all("div", subtype="letter") or soup.find_all("div2"):
         for tag in letter.find_all(["del", "expan", "note"]):

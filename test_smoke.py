@@ -61,6 +61,7 @@ def losses(stdout, chars_per_token=1.0):
     return [(int(m[0]), float(m[2]), float(m[3])) for m in lines]
 
 
+@functools.lru_cache(maxsize=None)
 def val_chars_per_token(script, dataset):
     """Characters per token of the validation text (the last 10 % of the tokens), computed here with tiktoken."""
     if script != "gpt_bpe":
@@ -284,6 +285,15 @@ def test_atticus_parser_on_the_shipped_epidoc_file(script):
     assert "<" not in text and "  " not in text and 700_000 < len(text) < 900_000
 
 
+def test_atticus_without_lxml_is_a_clear_error(tmp_path):
+    code = ("import runpy, sys; sys.modules['lxml'] = None; "  # as if lxml were not installed
+            f"sys.argv = ['gpt_char.py', 'dataset=atticus']; runpy.run_path({os.path.join(ROOT, 'gpt_char.py')!r}, "
+            "run_name='__main__')")
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "needs BeautifulSoup and lxml: pip install beautifulsoup4 lxml" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
 @pytest.mark.parametrize("script", ["bigram", "gpt_char", "gpt_bpe"])
 def test_atticus_parser_on_hopper_markup(script, tmp_path):
     (tmp_path / "hopper.xml").write_text("""<?xml version="1.0" encoding="UTF-8"?>
@@ -499,6 +509,7 @@ def test_scratch_tokenizer_end_of_text_as_gpt2(scratch, tiktoken_gpt2):
     asked = scratch.encode(text, allowed_special={"<|endoftext|>"})
     assert asked == tiktoken_gpt2.encode(text, allowed_special={"<|endoftext|>"}) and asked.count(50256) == 1
     assert scratch.decode(asked) == text and scratch.decode([50256]) == "<|endoftext|>"
+    assert scratch.encode(text, allowed_special="all") == tiktoken_gpt2.encode(text, allowed_special="all") == asked
     ids = tiktoken_gpt2.encode_ordinary("\U0001d518")  # one 4-byte character, more than one token
     assert len(ids) > 1 and scratch.decode(ids[:1]) == tiktoken_gpt2.decode(ids[:1]) == "\ufffd"  # cut: U+FFFD
 
@@ -519,19 +530,32 @@ def test_scratch_tokenizer_equals_tiktoken_on_whole_corpora(dataset, tiktoken_gp
         assert 4000 < len(set(ids)) < 5000  # the compact vocabulary: about 4.4 k of GPT-2's 50,257 ids
 
 
-def test_corrupted_gpt2_file_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("name", ["vocab.bpe", "encoder.json"])
+def test_corrupted_gpt2_file_is_refused(name, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(os.path.join(DATA, "gpt2"), data / "gpt2")
-    with open(data / "gpt2" / "vocab.bpe", "a", encoding="utf-8") as f:
+    with open(data / "gpt2" / name, "a", encoding="utf-8") as f:
         f.write("x y\n")
-    corrupted = sha256(data / "gpt2" / "vocab.bpe")
+    corrupted = sha256(data / "gpt2" / name)
     for choice in ("tiktoken", "scratch"):
         b = load("gpt_bpe")
         b.DATA_DIR, b.tokenizer = str(data), choice
         with pytest.raises(SystemExit) as stop:
             b.load_bpe()
-        assert stop.value.code == 1 and "vocab.bpe is not the expected file (SHA-256 mismatch)" in capsys.readouterr().err
-    assert sha256(data / "gpt2" / "vocab.bpe") == corrupted and listing(data) == ["gpt2/encoder.json", "gpt2/vocab.bpe"]
+        assert stop.value.code == 1 and f"{name} is not the expected file (SHA-256 mismatch)" in capsys.readouterr().err
+    assert sha256(data / "gpt2" / name) == corrupted and listing(data) == ["gpt2/encoder.json", "gpt2/vocab.bpe"]
+
+
+def test_compact_vocabulary_maps_ids_both_ways():
+    b = load("gpt_bpe")
+    enc = offline_gpt2()
+    text = b.load_text("atticus")
+    vocab = sorted(set(enc.encode_ordinary(text)))
+    encode, decode = b.make_tokenizer(vocab, enc.encode_ordinary, enc.decode)
+    ids = encode(text)
+    assert min(ids) == 0 and max(ids) == len(vocab) - 1 == 4430 and decode(ids) == text
+    phrase = "Scr. Romae a. 689. CICERO ATTICO salutem"
+    assert [vocab[i] for i in encode(phrase)] == enc.encode_ordinary(phrase)
 
 
 def test_missing_gpt2_files_are_downloaded(server, tmp_path):
@@ -558,8 +582,9 @@ def test_gpt_bpe_mistakes(args, status, message, tmp_path):
     with socket.socket() as s:  # no network: every download goes to a proxy that nobody runs
         s.bind(("127.0.0.1", 0))
         proxy = f"http://127.0.0.1:{s.getsockname()[1]}"
-    env = {**os.environ, "HTTPS_PROXY": proxy, "HTTP_PROXY": proxy, "https_proxy": proxy, "http_proxy": proxy,
-           "TIKTOKEN_CACHE_DIR": str(tmp_path / "cache")}
+    env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}  # no exception to the dead proxy
+    env.update(HTTPS_PROXY=proxy, HTTP_PROXY=proxy, https_proxy=proxy, http_proxy=proxy,
+               TIKTOKEN_CACHE_DIR=str(tmp_path / "cache"))
     settings = [f"{k}={v}" for k, v in TINY["gpt_bpe"].items()]
     p = subprocess.run([sys.executable, os.path.join(ROOT, "gpt_bpe.py"), *settings, *args], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120, env=env)
@@ -583,9 +608,10 @@ def test_gpt_bpe_variants(args, tmp_path):
 
 
 # ----------------------------------------------------------------- one skeleton, four scripts
-SHARED = {  # block -> the scripts that must hold the very same text of it
+SHARED = {  # blocks -> the scripts that must hold the very same text of each
     ("die", "configure", "get_lr", "save_checkpoint", "load_checkpoint", "plot_losses", "clock", "estimate_loss",
-     "main: the training loop"): ["bigram", "gpt_char", "gpt_bpe", "sort_task"],
+     "main: optimizer and resume", "main: the training loop", "the __main__ guard"):
+        ["bigram", "gpt_char", "gpt_bpe", "sort_task"],
     ("sha256_of", "download", "data_file", "read_atticus", "load_text", "get_batch", "sample",
      "main: set-up", "main: the training loop's log line"): ["bigram", "gpt_char", "gpt_bpe"],
     ("CausalSelfAttention", "MLP", "Block", "GPT"): ["gpt_char", "gpt_bpe", "sort_task"],
@@ -600,6 +626,8 @@ def blocks(script):
              if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
     main = found["main"]
     found["main: set-up"] = main[: main.index("\n\n")]  # overrides, seed, device, autocast, scaler
+    found["main: optimizer and resume"] = main[main.index("    matrices = ["): main.index("    config = {")]
+    found["the __main__ guard"] = source[source.index('if __name__ == "__main__":'):]
     loop = main[main.index("    for step in range("): main.index("\n    if len(history) > 1:")]
     log = re.search(r"\n {12}print\(.*?flush=True\)", loop, re.S)[0]  # what sort_task.py logs differs
     found["main: the training loop's log line"] = log

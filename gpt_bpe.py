@@ -292,7 +292,7 @@ class GPT2Tokenizer:
         return ids
 
     def decode(self, ids):
-        """GPT-2 ids -> text; bytes that are not whole UTF-8 characters become "\ufffd", as in tiktoken."""
+        """GPT-2 ids -> text; bytes that are not whole UTF-8 characters become U+FFFD, as in tiktoken."""
         return bytes(self.byte_decoder[c] for i in ids for c in self.decoder[i]).decode("utf-8", errors="replace")
 
 
@@ -544,15 +544,15 @@ def main():
     bpe_encode, bpe_decode, n_ids = load_bpe()  # first: a wrong encoding= stops before the text is parsed
     text = load_text(dataset)
     t = time.time()
-    ids = bpe_encode(text)
+    ids = torch.tensor(bpe_encode(text), dtype=torch.long)  # GPT-2 ids
     print(f"{tokenizer} {encoding} BPE: {len(text):,} characters -> {len(ids):,} tokens in {time.time() - t:.1f} s")
-    vocab = sorted(set(ids)) if compact_vocab else list(range(n_ids))  # the BPE ids the model embeds
+    vocab = ids.unique().tolist() if compact_vocab else list(range(n_ids))  # the BPE ids the model embeds, sorted
     encode, decode = make_tokenizer(vocab, bpe_encode, bpe_decode)
-    missing = [bpe_decode([t]) for t in sorted(set(bpe_encode(start)) - set(vocab))]
+    missing = [bpe_decode([i]) for i in sorted(set(bpe_encode(start)) - set(vocab))]
     if missing:
         die(f"the prompt start={start!r} has tokens that never occur in {dataset}: {missing!r}; "
             f"change the prompt, or set compact_vocab=false")
-    data = torch.tensor(encode(text), dtype=torch.long)
+    data = torch.searchsorted(torch.tensor(vocab), ids)  # the model's ids, as encode(text) gives them, in one pass
     n = int(0.9 * len(data))
     splits = {"train": data[:n], "val": data[n:]}  # learn on the first 90 %, check on the rest
     if block_size >= len(splits["val"]):

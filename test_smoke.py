@@ -554,6 +554,8 @@ def test_compact_vocabulary_maps_ids_both_ways():
     encode, decode = b.make_tokenizer(vocab, enc.encode_ordinary, enc.decode)
     ids = encode(text)
     assert min(ids) == 0 and max(ids) == len(vocab) - 1 == 4430 and decode(ids) == text
+    gpt2_ids = torch.tensor(enc.encode_ordinary(text))  # main() maps them in one pass, as encode(text) would
+    assert torch.searchsorted(torch.tensor(vocab), gpt2_ids).tolist() == ids
     phrase = "Scr. Romae a. 689. CICERO ATTICO salutem"
     assert [vocab[i] for i in encode(phrase)] == enc.encode_ordinary(phrase)
 

@@ -17,6 +17,7 @@ Expect (measured on 2 CPU cores, README.md): 7.8 s, val loss 2.4875 (3.59 bits p
 character) on tinyshakespeare, against 2.4819 for the smoothed counts.
 """
 
+import ctypes
 import hashlib
 import http.client
 import math
@@ -38,7 +39,7 @@ batch_size = 64  # sequences per step
 block_size = 32  # characters per sequence (the model itself sees only one at a time)
 max_iters = 2000  # optimizer steps
 eval_interval = 500  # steps between evaluations (and checkpoints)
-eval_iters = 200  # batches per loss estimate
+eval_iters = 200  # train batches per loss estimate (val: the whole split)
 learning_rate = 0.05  # peak, after warm-up
 min_lr = 0.005  # reached at max_iters by cosine decay
 warmup_iters = 20  # steps of linear warm-up
@@ -56,6 +57,18 @@ top_k = 0  # sample among the k likeliest only; 0 = all
 CONFIG_KEYS = [k for k, v in globals().items() if not k.startswith("_") and type(v) in (bool, int, float, str)]
 SCRIPT = "bigram"
 MODEL_KEYS = ("dataset",)  # a checkpoint must share these
+
+
+def keep_freed_memory():
+    """On Linux, let malloc keep the memory PyTorch frees for reuse instead of handing big blocks back to the
+    system after every step, only to fault them in again: steps of a small model run about 15 % faster."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks below 32 MB come from the heap...
+            libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: ...which keeps up to 1 GB of free memory
+        except (OSError, AttributeError):  # not glibc: leave malloc as it is
+            pass
 
 
 def die(message, status=1):
@@ -258,17 +271,23 @@ def get_batch(data, batch_size, block_size, device, generator=None):
 
 @torch.no_grad()
 def estimate_loss(model, splits, eval_iters, batch_size, block_size, device, ctx=nullcontext()):
-    """Mean loss over eval_iters batches of each split; the same batches at every call."""
+    """Mean loss per token: of the whole val split (in windows of block_size, each token once), and of
+    eval_iters random batches of the much longer train split (the same batches at every call)."""
     model.eval()
     out = {}
     for name, data in splits.items():
-        generator = torch.Generator().manual_seed(seed)
+        if name == "val":
+            n = (len(data) - 1) // block_size  # windows; the last few tokens are left out
+            windows = data[: n * block_size + 1].unfold(0, block_size + 1, block_size)  # (n, T+1), overlapping by one
+            batches = [(w[:, :-1], w[:, 1:]) for w in windows.split(batch_size)]
+        else:
+            generator = torch.Generator().manual_seed(seed)
+            batches = [get_batch(data, batch_size, block_size, "cpu", generator) for _ in range(eval_iters)]
         total = 0.0
-        for _ in range(eval_iters):
-            x, y = get_batch(data, batch_size, block_size, device, generator)
+        for x, y in batches:
             with ctx:
-                total += model(x, y)[1].item()
-        out[name] = total / eval_iters
+                total += model(x.to(device), y.to(device))[1].item() * len(x)
+        out[name] = total / sum(len(x) for x, _ in batches)
     model.train()
     return out
 
@@ -288,8 +307,8 @@ def save_checkpoint(path, checkpoint):
     os.replace(path + ".tmp", path)
 
 
-def load_checkpoint(path, model, optimizer, vocab):
-    """Restore model and optimizer from path; stop clearly if it is missing or does not fit."""
+def load_checkpoint(path, model, optimizers, vocab):
+    """Restore model and optimizers from path; stop clearly if it is missing or does not fit."""
     if not os.path.exists(path):
         die(f"resume=true but there is no checkpoint at {path}; train without resume first")
     try:
@@ -303,8 +322,14 @@ def load_checkpoint(path, model, optimizer, vocab):
     if changed or checkpoint["vocab"] != vocab:
         die(f"{path} was trained with other settings ({' '.join(changed) or 'another vocabulary'}); "
             f"pass the same settings, or out_dir= another folder")
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+        if not isinstance(checkpoint["optimizer"], list) or len(checkpoint["optimizer"]) != len(optimizers):
+            raise ValueError("not one state per optimizer")
+        for optimizer, state in zip(optimizers, checkpoint["optimizer"]):
+            optimizer.load_state_dict(state)
+    except (RuntimeError, ValueError, TypeError, KeyError) as e:
+        die(f"{path} does not fit this version of {SCRIPT}.py ({type(e).__name__}); train anew, or out_dir= another folder")
     return checkpoint["step"], checkpoint["val_loss"], checkpoint["history"]
 
 
@@ -352,6 +377,8 @@ def main():
         ctx = torch.autocast("cuda", dtype=dtype)
     else:  # CPU and MPS train in float32
         dtype, ctx = torch.float32, nullcontext()
+    if device_type == "cpu":
+        keep_freed_memory()
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
     text = load_text(dataset)
@@ -374,12 +401,12 @@ def main():
           f"{dataset}: {len(text):,} characters, {len(data):,} tokens, vocabulary {len(vocab)}")
     matrices = [p for p in model.parameters() if p.dim() >= 2]  # weight decay on these only
     others = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}],
-                                  lr=learning_rate, betas=(0.9, 0.95), fused=device_type in ("cuda", "cpu"))
+    optimizers = [torch.optim.AdamW([{"params": matrices, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}],
+                                    lr=learning_rate, betas=(0.9, 0.95), fused=device_type in ("cuda", "cpu"))]
     path = os.path.join(out_dir, f"{SCRIPT}.pt")
     step, best_val, history = 0, float("inf"), []
     if resume or (max_iters == 0 and os.path.exists(path)):
-        step, best_val, history = load_checkpoint(path, model, optimizer, vocab)
+        step, best_val, history = load_checkpoint(path, model, optimizers, vocab)
         print(f"loaded {path}: step {step}, val {best_val:.3f}")
 
     config = {k: globals()[k] for k in CONFIG_KEYS}
@@ -397,24 +424,27 @@ def main():
             history.append((step, losses["train"], losses["val"]))
             if step > first and (losses["val"] < best_val or step == max_iters):  # an untrained model is not saved
                 best_val = min(best_val, losses["val"])
-                save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                save_checkpoint(path, {"model": model.state_dict(), "optimizer": [o.state_dict() for o in optimizers],
                                        "config": config, "vocab": vocab, "step": step,
                                        "val_loss": losses["val"], "history": history})
             last, last_step = time.time(), step
         if step == max_iters:
             break
-        for group in optimizer.param_groups:
-            group["lr"] = get_lr(step)
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = get_lr(step)
         x, y = get_batch(splits["train"], batch_size, block_size, device)
         with ctx:
             _, loss = model(x, y)
         scaler.scale(loss).backward()
         if grad_clip:
-            scaler.unscale_(optimizer)
+            for optimizer in optimizers:
+                scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(optimizer)
+        for optimizer in optimizers:
+            scaler.step(optimizer)
+            optimizer.zero_grad(set_to_none=True)
         scaler.update()
-        optimizer.zero_grad(set_to_none=True)
     if len(history) > 1:
         plot_losses(history, os.path.join(out_dir, f"{SCRIPT}_loss.png"))
     print(f"--- sample, prompt {start!r}, temperature {temperature} ---")

@@ -385,7 +385,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
-        h = F.relu(self.fc(x), inplace=True)  # (B, T, 4C); in place, so no second copy is kept for backward
+        h = F.relu(self.fc(x))  # (B, T, 4C)
         return self.dropout(self.proj(h))  # (B, T, C)
 
 

@@ -200,7 +200,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
-        h = F.relu(self.fc(x), inplace=True)  # (B, T, 4C); in place, so no second copy is kept for backward
+        h = F.relu(self.fc(x))  # (B, T, 4C)
         return self.dropout(self.proj(h))  # (B, T, C)
 
 
@@ -433,10 +433,10 @@ def show_attention(model, x, decode, path):
     axes = fig.subplots(1, weights.size(0) + 1)
     ticks = dict(xticks=range(len(labels)), xticklabels=list(labels))
     for h, ax in enumerate(axes[:-1]):
-        ax.imshow(weights[h], cmap="viridis", vmin=0, vmax=1)
+        ax.imshow(weights[h].numpy(), cmap="viridis", vmin=0, vmax=1)
         ax.set(title=f"head {h}", yticks=range(len(labels)), yticklabels=list(labels), **ticks)
     for h in range(weights.size(0)):
-        axes[-1].plot(weights[h, row], marker="o", label=f"head {h}")
+        axes[-1].plot(weights[h, row].numpy(), marker="o", label=f"head {h}")
     axes[-1].set(title=f"position {row} (writes digit {length // 2 + 1})", ylim=(0, 1), **ticks)
     axes[-1].legend(fontsize=7)
     fig.suptitle(f"last block's attention, sorting {labels[:length]}")

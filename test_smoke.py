@@ -39,19 +39,36 @@ SAMPLE_MARK = "--- sample"
 _count = itertools.count()
 
 
-def load(script):
+def load(script, folder=ROOT):
     """A fresh copy of a script as a module (its main() not run), so tests do not share globals."""
-    spec = importlib.util.spec_from_file_location(f"{script}_{next(_count)}", os.path.join(ROOT, f"{script}.py"))
+    spec = importlib.util.spec_from_file_location(f"{script}_{next(_count)}", os.path.join(folder, f"{script}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def run(script, *args, cwd, tiny=True, script_dir=ROOT, timeout=300):
+def run(script, *args, cwd, timeout=300):
     """Run `python SCRIPT.py [tiny settings] args` in cwd, as a user would."""
-    settings = [f"{k}={v}" for k, v in TINY[script].items()] if tiny else []
-    return subprocess.run([sys.executable, os.path.join(script_dir, f"{script}.py"), *settings, *args],
+    settings = [f"{k}={v}" for k, v in TINY[script].items()]
+    return subprocess.run([sys.executable, os.path.join(ROOT, f"{script}.py"), *settings, *args],
                           cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def main_in_process(script, args, monkeypatch, capsys, tiny=True, folder=ROOT):
+    """Run a fresh copy of the script's main() here, with tiny settings: (exit status, stdout, stderr).
+
+    The same as `python SCRIPT.py ...` without a new interpreter's few seconds of imports."""
+    module = load(script, folder)
+    settings = [f"{k}={v}" for k, v in TINY[script].items()] if tiny else []
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *settings, *args])
+    capsys.readouterr()
+    try:
+        module.main()
+        status = 0
+    except SystemExit as stop:
+        status = stop.code
+    out, err = capsys.readouterr()
+    return status, out, err
 
 
 def losses(stdout, chars_per_token=1.0):
@@ -124,13 +141,13 @@ def test_runs_as_a_notebook_cell(script, tmp_path):
     assert (tmp_path / "out" / f"{script}.pt").exists()
 
 
-def test_same_seed_same_losses(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir(), b.mkdir()
-    first, second, other = run("gpt_char", cwd=a), run("gpt_char", cwd=b), run("gpt_char", "seed=7", "out_dir=o7", cwd=b)
-    assert first.returncode == second.returncode == other.returncode == 0
-    assert len(losses(first.stdout)) == 3 and losses(first.stdout) == losses(second.stdout)
-    assert len(losses(other.stdout)) == 3 and losses(first.stdout) != losses(other.stdout)
+def test_same_seed_same_losses(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    first, second, other = (main_in_process("gpt_char", args, monkeypatch, capsys)
+                            for args in ([], ["out_dir=o2"], ["seed=7", "out_dir=o7"]))
+    assert first[0] == second[0] == other[0] == 0
+    assert len(losses(first[1])) == 3 and losses(first[1]) == losses(second[1])
+    assert len(losses(other[1])) == 3 and losses(first[1]) != losses(other[1])
 
 
 # ---------------------------------------------------------------------------- overrides
@@ -174,13 +191,14 @@ def test_bad_overrides_exit_2(args, message, capsys):
 
 
 @pytest.mark.parametrize("script", ["bigram", "gpt_char", "gpt_bpe"])
-def test_bad_override_stops_before_any_data_is_read(script, tmp_path):
+def test_bad_override_stops_before_any_data_is_read(script, tmp_path, monkeypatch, capsys):
     """A copy of the script alone in an empty folder: a typo must not start a download."""
     shutil.copy(os.path.join(ROOT, f"{script}.py"), tmp_path)
+    monkeypatch.chdir(tmp_path)
     for arg in ["max_itres=5", "batch_size=abc"]:
-        p = run(script, arg, cwd=tmp_path, tiny=False, script_dir=tmp_path)
-        assert p.returncode == 2 and "valid settings" in p.stderr and "Traceback" not in p.stderr
-        assert p.stdout == "" and sorted(os.listdir(tmp_path)) == [f"{script}.py"]
+        status, out, err = main_in_process(script, [arg], monkeypatch, capsys, tiny=False, folder=tmp_path)
+        assert status == 2 and "valid settings" in err and err.count("\n") == 1, err
+        assert out == "" and sorted(os.listdir(tmp_path)) == [f"{script}.py"]
 
 
 # --------------------------------------------------------------------------------- data
@@ -397,25 +415,13 @@ MISTAKES = [  # (script, what the user typed, exit status, what the one sentence
 ]
 
 
-def main_in_process(script, args, monkeypatch):
-    """Run a fresh copy of the script's main() here, with tiny settings: (exit status, stdout, stderr)."""
-    module = load(script)
-    settings = [f"{k}={v}" for k, v in TINY[script].items()]
-    monkeypatch.setattr(sys, "argv", [f"{script}.py", *settings, *args])
-    try:
-        module.main()
-        return 0
-    except SystemExit as stop:
-        return stop.code
-
-
 @pytest.mark.parametrize("script, args, status, message", MISTAKES, ids=lambda v: v if isinstance(v, str) else "")
 def test_every_mistake_ends_in_one_clear_sentence(script, args, status, message, tmp_path, monkeypatch, capsys):
     """The bad-input table of the README, row by row: one sentence, a non-zero exit, nothing written."""
     monkeypatch.chdir(tmp_path)
     data_before = {name: sha256(os.path.join(DATA, name)) for name in listing(DATA)}
-    assert main_in_process(script, args, monkeypatch) == status
-    out, err = capsys.readouterr()
+    got, out, err = main_in_process(script, args, monkeypatch, capsys)
+    assert got == status
     assert err.startswith(f"{script}: ") and message in err and err.count("\n") == 1, err
     assert SAMPLE_MARK not in out and os.listdir(tmp_path) == []
     assert {name: sha256(os.path.join(DATA, name)) for name in listing(DATA)} == data_before
@@ -425,51 +431,51 @@ def test_every_mistake_ends_in_one_clear_sentence(script, args, status, message,
                                             ("gpt_bpe", "n_embd=32"), ("sort_task", "length=5")])
 def test_a_checkpoint_of_other_settings_is_refused_and_kept(script, change, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main_in_process(script, [], monkeypatch) == 0
+    assert main_in_process(script, [], monkeypatch, capsys)[0] == 0
     path = tmp_path / "out" / f"{script}.pt"
     saved = sha256(path)
-    capsys.readouterr()
     for args in (["max_iters=0", change], ["resume=true", change]):
-        assert main_in_process(script, args, monkeypatch) == 1
-        err = capsys.readouterr().err
+        status, _, err = main_in_process(script, args, monkeypatch, capsys)
+        assert status == 1
         assert f"out/{script}.pt was trained with other settings ({change.split('=')[0]}=" in err, err
         assert err.count("\n") == 1 and sha256(path) == saved
 
 
-def test_checkpoint_resume_sample_only_and_mismatch(tmp_path):
+def test_checkpoint_resume_sample_only_and_mismatch(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run_here = lambda *args: main_in_process("gpt_char", args, monkeypatch, capsys)  # noqa: E731
     path = tmp_path / "out" / "gpt_char.pt"
-    assert run("gpt_char", cwd=tmp_path).returncode == 0
+    assert run_here()[0] == 0
     assert torch.load(path, weights_only=True)["step"] == 4
 
-    p = run("gpt_char", "resume=true", "max_iters=6", cwd=tmp_path)  # goes on from step 4
-    assert p.returncode == 0, p.stderr
-    assert "loaded out/gpt_char.pt: step 4" in p.stdout
-    assert [s for s, _, _ in losses(p.stdout)] == [6]
+    status, out, err = run_here("resume=true", "max_iters=6")  # goes on from step 4
+    assert status == 0, err
+    assert "loaded out/gpt_char.pt: step 4" in out
+    assert [s for s, _, _ in losses(out)] == [6]
     checkpoint = torch.load(path, weights_only=True)
     assert checkpoint["step"] == 6 and [h[0] for h in checkpoint["history"]] == [0, 2, 4, 6]
 
     saved = sha256(path)
-    p = run("gpt_char", "max_iters=0", cwd=tmp_path)  # only samples
-    assert p.returncode == 0 and losses(p.stdout) == [] and SAMPLE_MARK in p.stdout
+    status, out, _ = run_here("max_iters=0")  # only samples
+    assert status == 0 and losses(out) == [] and SAMPLE_MARK in out
     assert sha256(path) == saved
 
     for args in (["resume=true", "n_layer=2"], ["max_iters=0", "n_head=4"], ["max_iters=0", "dataset=atticus"]):
-        p = run("gpt_char", *args, cwd=tmp_path)
-        assert p.returncode == 1 and "was trained with other settings" in p.stderr, args
-        assert "Traceback" not in p.stderr
+        status, _, err = run_here(*args)
+        assert status == 1 and "was trained with other settings" in err and err.count("\n") == 1, args
     assert sha256(path) == saved
 
     checkpoint = torch.load(path, weights_only=True)  # as the one-optimizer version of this script saved it
     checkpoint["optimizer"] = checkpoint["optimizer"][1]
     torch.save(checkpoint, path)
     saved = sha256(path)
-    p = run("gpt_char", "resume=true", cwd=tmp_path)
-    assert p.returncode == 1 and "does not fit this version of gpt_char.py" in p.stderr and "Traceback" not in p.stderr
+    status, _, err = run_here("resume=true")
+    assert status == 1 and "does not fit this version of gpt_char.py" in err and err.count("\n") == 1, err
     assert sha256(path) == saved
 
     path.write_bytes(b"not a checkpoint")
-    p = run("gpt_char", "resume=true", cwd=tmp_path)
-    assert p.returncode == 1 and "is not a checkpoint" in p.stderr and "Traceback" not in p.stderr
+    status, _, err = run_here("resume=true")
+    assert status == 1 and "is not a checkpoint" in err and err.count("\n") == 1, err
     assert path.read_bytes() == b"not a checkpoint"
 
 
@@ -648,19 +654,20 @@ def test_gpt_bpe_mistakes(args, status, message, tmp_path):
 
 @pytest.mark.parametrize("args", [["tokenizer=scratch"], ["compact_vocab=false", "max_iters=2"],
                                   ["dataset=shakespeare", "tokenizer=scratch"]])
-def test_gpt_bpe_variants(args, tmp_path):
-    p = run("gpt_bpe", *args, cwd=tmp_path)
-    assert p.returncode == 0, p.stderr
+def test_gpt_bpe_variants(args, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    status, out, err = main_in_process("gpt_bpe", args, monkeypatch, capsys)
+    assert status == 0, err
     dataset = "shakespeare" if "dataset=shakespeare" in args else "atticus"
     steps = [0, 2] if "max_iters=2" in args else [0, 2, 4]  # the whole val split through 50,257 logits is slow
-    assert [s for s, _, _ in losses(p.stdout, val_chars_per_token("gpt_bpe", dataset))] == steps
-    vocabulary = int(re.search(r"vocabulary (\d+)", p.stdout)[1])
+    assert [s for s, _, _ in losses(out, val_chars_per_token("gpt_bpe", dataset))] == steps
+    vocabulary = int(re.search(r"vocabulary (\d+)", out)[1])
     assert vocabulary == 50257 if "compact_vocab=false" in args else 4000 < vocabulary < 20000
     checkpoint = torch.load(tmp_path / "out" / "gpt_bpe.pt", weights_only=True)
     assert len(checkpoint["vocab"]) == vocabulary == checkpoint["model"]["lm_head.weight"].shape[0]
     if "compact_vocab=false" in args:  # the checkpoint of the full vocabulary does not fit the compact one
-        p = run("gpt_bpe", "max_iters=0", cwd=tmp_path)
-        assert p.returncode == 1 and "compact_vocab=False" in p.stderr and "Traceback" not in p.stderr
+        status, _, err = main_in_process("gpt_bpe", ["max_iters=0"], monkeypatch, capsys)
+        assert status == 1 and "compact_vocab=False" in err and err.count("\n") == 1, err
 
 
 # ----------------------------------------------------------------- one skeleton, four scripts

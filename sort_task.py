@@ -166,6 +166,13 @@ def make_tokenizer(vocab):
 
 
 # -------------------------------------------------------------------------------- model
+class Dropout(nn.Dropout):
+    """nn.Dropout, but its backward keeps a 1-byte mask: on the CPU nn.Dropout keeps a 4-byte one (and is slower)."""
+
+    def forward(self, x):
+        return torch.native_dropout(x, self.p, True)[0] if self.training and self.p > 0 else x
+
+
 class CausalSelfAttention(nn.Module):
     """All heads at once: one projection makes every head's query, key and value."""
 
@@ -174,7 +181,7 @@ class CausalSelfAttention(nn.Module):
         self.n_head = n_head
         self.qkv = nn.Linear(n_embd, 3 * n_embd)
         self.proj = nn.Linear(n_embd, n_embd)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.keep_weights = False  # True: the explicit path, which keeps the attention in .weights
 
     def forward(self, x):
@@ -197,7 +204,7 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(n_embd, 4 * n_embd)
         self.proj = nn.Linear(4 * n_embd, n_embd)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x):
         h = F.relu(self.fc(x))  # (B, T, 4C)
@@ -225,7 +232,7 @@ class GPT(nn.Module):
         self.block_size = block_size
         self.token_embedding = nn.Embedding(vocab_size, n_embd)
         self.position_embedding = nn.Embedding(block_size, n_embd)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.blocks = nn.Sequential(*[Block(n_embd, n_head, dropout) for _ in range(n_layer)])
         self.ln_f = nn.LayerNorm(n_embd)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)

@@ -377,6 +377,25 @@ def test_batched_attention_equals_the_per_head_formula():
     assert torch.all(attn.weights.triu(1) == 0)
 
 
+def test_dropout_keeps_a_one_byte_mask_and_scales_the_rest():
+    g = load("gpt_char")
+    torch.manual_seed(0)
+    drop = g.Dropout(0.2)
+    x = (torch.rand(500, 400) + 1).requires_grad_()  # no zeros of its own
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = drop(x)
+    assert [t.dtype for t in saved] == [torch.bool]  # not a float mask of the input's size
+    assert abs((y == 0).float().mean().item() - 0.2) < 0.01
+    kept = y != 0
+    assert torch.allclose(y[kept], x[kept] / 0.8)
+    y.sum().backward()
+    assert torch.equal(x.grad, kept / 0.8)  # the gradient flows where the input was kept, scaled alike
+    drop.eval()
+    assert drop(x) is x
+    assert g.Dropout(0.0)(x) is x
+
+
 @pytest.mark.parametrize("script", ["bigram", "gpt_char"])
 def test_generate(script):
     module = load(script)
@@ -676,7 +695,7 @@ SHARED = {  # blocks -> the scripts that must hold the very same text of each
      "main: resume", "main: the training loop", "the __main__ guard"): ["bigram", "gpt_char", "gpt_bpe", "sort_task"],
     ("sha256_of", "download", "data_file", "read_atticus", "load_text", "get_batch", "estimate_loss", "sample",
      "main: set-up", "main: the training loop's log line"): ["bigram", "gpt_char", "gpt_bpe"],
-    ("CausalSelfAttention", "MLP", "Block", "GPT", "orthogonalize", "Muon", "main: optimizers"):
+    ("Dropout", "CausalSelfAttention", "MLP", "Block", "GPT", "orthogonalize", "Muon", "main: optimizers"):
         ["gpt_char", "gpt_bpe", "sort_task"],
 }
 

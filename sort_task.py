@@ -1,147 +1,82 @@
 """
 Step 4 of "Let's build GPT": the same GPT learns to sort digits.
 
-A task with one right answer shows what a Transformer can learn, and lets us check it
-exactly. The model reads a sequence of digits followed by the same digits sorted,
-`2 0 1 1 0 2 | 0 0 1 1 2 2`, and learns to predict each next token; only the sorted half
-is scored (the input is random, there is nothing to learn in it). A quarter of all inputs
-is held out by a stable hash and never trained on; after training the model writes the
-sorted half of each of them alone, greedily, and must get every digit right. Last, it
-shows where the last block's heads look while they sort.
+A task with one right answer shows what a Transformer can learn, and lets us check it exactly. The
+model reads digits, then the same digits sorted (3 0 4 1 0 3 | 0 0 1 3 3 4), and learns to predict
+each next token; only the sorted half is scored, since the input is random. A quarter of the
+multisets of digits (so of the answers) is held out and never trained on. After training the model
+writes the sorted half of each held-out input alone, greedily, and must get every digit right; then
+it shows where the last block's heads look while they sort.
 
-Run:   python sort_task.py                              6 digits from {0, 1, 2}
-       python sort_task.py length=12 num_digits=10 n_layer=3 n_embd=128 max_iters=1200 eval_interval=600 min_lr=3e-5
-       python sort_task.py start=210210                 after training, sort this one
+Run:   python sort_task.py                              6 digits from 0-4
+       python sort_task.py length=12 num_digits=10 n_layer=3 n_embd=128 max_iters=1200 \
+                           eval_interval=600 min_lr=3e-5    12 digits from 0-9
+       python sort_task.py max_iters=0 start=210210      sort this with the trained model
+       python sort_task.py --help                       every setting and its default
 
-Expect (measured on 2 CPU cores, README.md): the default sorts all 193 held-out inputs
-right in 23 s; the length-12 command above all of 2,000 held-out inputs in 171 s.
+Expect: every held-out input sorted right in about half a minute on 2 cores of an AMD EPYC CPU.
 """
 
-import ctypes
+import builtins
 import hashlib
 import itertools
 import math
 import os
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-# ---------------------------------------------------------------------- hyperparameters
+# ----------------------------------------------------------------------------------- hyperparameters
 device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
 length = 6  # digits per sequence to sort
-num_digits = 3  # the digits are 0 .. num_digits-1, at most 10
+num_digits = 5  # the digits are 0 .. num_digits-1, at most 10
 batch_size = 64  # sequences per step
 n_layer = 2  # Transformer blocks
 n_head = 4  # attention heads per block; must divide n_embd
 n_embd = 64  # width of the residual stream
 dropout = 0.0  # on the residual and MLP outputs, 0 to <1
 max_iters = 600  # optimizer steps
-eval_interval = 200  # steps between evaluations (and checkpoints)
+eval_interval = 200  # steps between evaluations and checkpoints
 eval_iters = 10  # batches per loss estimate
 learning_rate = 3e-3  # peak, after warm-up (Muon and AdamW alike)
-min_lr = 3e-4  # reached at max_iters by cosine decay
+min_lr = 3e-4  # reached at the last step by cosine decay
 warmup_iters = 50  # steps of linear warm-up
 weight_decay = 0.1  # on matrices only
 grad_clip = 1.0  # clip the gradient norm to this; 0 = off
+log_interval = 50  # steps between progress lines
 seed = 1337  # same seed and device, same losses
 out_dir = "out"  # checkpoint and pictures go here
-resume = False  # continue training from out_dir/sort_task.pt
+resume = False  # go on from out_dir/sort_task.pt as if never stopped
 start = ""  # digits to sort after training, e.g. 210210; empty = a held-out example
+SETTINGS = [k for k, v in globals().items() if not k.startswith("_") and type(v) in (bool, int, float, str)]
 
-# ------------------------------------------------------------------------ configuration
-CONFIG_KEYS = [k for k, v in globals().items() if not k.startswith("_") and type(v) in (bool, int, float, str)]
-SCRIPT = "sort_task"
-MODEL_KEYS = ("length", "num_digits", "n_embd", "n_head", "n_layer")  # a checkpoint must share these
-
-
-def keep_freed_memory():
-    """On Linux, let malloc keep the memory PyTorch frees for reuse instead of handing big blocks back to the
-    system after every step, only to fault them in again: a small model's steps ran 14-23 % faster here."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks below 32 MB come from the heap...
-            libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: ...which keeps up to 1 GB of free memory
-        except (OSError, AttributeError):  # not glibc: leave malloc as it is
-            pass
-
-
-def die(message, status=1):
-    """Stop with one clear sentence on stderr and a non-zero exit status."""
-    print(f"{SCRIPT}: {message}", file=sys.stderr)
-    sys.exit(status)
-
-
-def configure(argv):
-    """Override the globals above with name=value arguments; exit 2 on any mistake."""
-    notebook = "kernel_launcher" in os.path.basename(argv[0] if argv else "")  # ipykernel_launcher.py -f kernel.json
-    valid = "valid settings: " + " ".join(f"{k}={globals()[k]!r}" for k in CONFIG_KEYS)
-    for arg in [] if notebook else argv[1:]:  # a notebook's arguments are the kernel's own: edit the globals
-        name, eq, text = arg.lstrip("-").partition("=")
-        if not eq or name not in CONFIG_KEYS:
-            die(f"unknown setting {arg!r}; {valid}", 2)
-        default = globals()[name]
-        try:
-            if type(default) is bool:
-                value = {"true": True, "1": True, "false": False, "0": False}[text.lower()]
-            else:
-                value = type(default)(text)
-        except (KeyError, ValueError):
-            die(f"{name}={text!r} is not a {type(default).__name__}; {valid}", 2)
-        globals()[name] = value
-    problems = config_problems()
-    if problems:
-        die(problems[0], 2)
-
-
-def config_problems():
-    """What is wrong with the settings, in words; empty if nothing."""
-    return [msg for ok, msg in [
-        (device.split(":")[0] in ("cpu", "cuda", "mps"), f"device={device!r} is not cpu, cuda or mps"),
-        (not device.startswith("cuda") or torch.cuda.is_available(), "device=cuda but no CUDA GPU is available"),
-        (device != "mps" or torch.backends.mps.is_available(), "device=mps but MPS is not available"),
-        (length > 0 and 2 <= num_digits <= 10, "length must be positive and num_digits from 2 to 10"),
-        (min(batch_size, n_layer, n_head, n_embd, eval_interval, eval_iters) > 0,
-         "batch_size, n_layer, n_head, n_embd, eval_interval and eval_iters must be positive"),
-        (n_embd % n_head == 0, f"n_embd={n_embd} is not divisible by n_head={n_head}"),
-        (0 <= dropout < 1, f"dropout={dropout} is not in [0, 1)"),
-        (max_iters >= 0, "max_iters must be >= 0"),
-        (learning_rate > 0 and 0 <= min_lr <= learning_rate, "learning_rate must be > 0 and min_lr in [0, learning_rate]"),
-        (warmup_iters >= 0 and grad_clip >= 0, "warmup_iters and grad_clip must be >= 0"),
-        (start == "" or (len(start) == length and all(c in "0123456789"[:num_digits] for c in start)),
-         f"start={start!r} is not {length} digits from 0 to {num_digits - 1}"),
-    ] if not ok]
-
-
-# --------------------------------------------------------------------------------- data
+# ---------------------------------------------------------------------------------------------- data
 def held_out(digits):
-    """Whether an input (a list of digits) is in the held-out quarter. hashlib, unlike hash(), is the same every run."""
-    return hashlib.sha256(bytes(digits)).digest()[0] % 4 == 0
-
+    """Whether an input (a list of digits) is held out: its multiset, so its sorted answer, is in a quarter
+    chosen by hashlib (the same in every run, unlike hash()). No held-out answer is ever a training target."""
+    return hashlib.sha256(bytes(sorted(digits))).digest()[0] % 4 == 0
 
 def random_inputs(n, generator=None):
     """n random inputs (n, length); the first half use only a few distinct digits, so repeats are common."""
     inputs = torch.randint(num_digits, (n, length), generator=generator)
-    few = torch.randint(num_digits, (n // 2, max(1, length // 3)), generator=generator)  # each row's few digits
+    few = torch.randint(num_digits, (n // 2, max(1, length // 3)), generator=generator)  # a row's few digits
     inputs[: n // 2] = few.gather(1, torch.randint(few.size(1), (n // 2, length), generator=generator))
     return inputs
 
-
 def input_set(held, n_max=2000):
-    """Inputs of one side of the split: all of them if the space is small, else n_max drawn at random."""
+    """Inputs of one side of the split: all of them if there are few, else n_max drawn at random."""
     if num_digits ** length <= 50 * n_max:
         inputs = [list(t) for t in itertools.product(range(num_digits), repeat=length)]
         return torch.tensor([x for x in inputs if held_out(x) == held])
     generator, found = torch.Generator().manual_seed(seed), {}  # a dict keeps the order of the draws
     while len(found) < n_max:
-        found.update((tuple(x), None) for x in torch.randint(num_digits, (n_max, length), generator=generator).tolist()
-                     if held_out(x) == held)
+        drawn = torch.randint(num_digits, (n_max, length), generator=generator).tolist()
+        found.update((tuple(x), None) for x in drawn if held_out(x) == held)
     return torch.tensor(list(found)[:n_max])
-
 
 def examples(inputs):
     """Inputs (B, length) -> the model's inputs x and targets y, each (B, 2*length-1).
@@ -155,8 +90,7 @@ def examples(inputs):
     y[:, : length - 1] = -1
     return x, y
 
-
-# ---------------------------------------------------------------------------- tokenizer
+# ----------------------------------------------------------------------------------------- tokenizer
 def make_tokenizer(vocab):
     """Characters <-> integers: vocab is the string of all characters, sorted."""
     stoi = {ch: i for i, ch in enumerate(vocab)}
@@ -164,15 +98,7 @@ def make_tokenizer(vocab):
     decode = lambda ids: "".join(vocab[i] for i in ids)  # noqa: E731  list of ints -> string
     return encode, decode
 
-
-# -------------------------------------------------------------------------------- model
-class Dropout(nn.Dropout):
-    """nn.Dropout, but its backward keeps a 1-byte mask: on the CPU nn.Dropout keeps a 4-byte one (and is slower)."""
-
-    def forward(self, x):
-        return torch.native_dropout(x, self.p, True)[0] if self.training and self.p > 0 else x
-
-
+# --------------------------------------------------------------------------------------------- model
 class CausalSelfAttention(nn.Module):
     """All heads at once: one projection makes every head's query, key and value."""
 
@@ -181,15 +107,16 @@ class CausalSelfAttention(nn.Module):
         self.n_head = n_head
         self.qkv = nn.Linear(n_embd, 3 * n_embd)
         self.proj = nn.Linear(n_embd, n_embd)
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
         self.keep_weights = False  # True: the explicit path, which keeps the attention in .weights
 
     def forward(self, x):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        hs = C // self.n_head  # head size
+        q, k, v = (t.view(B, T, self.n_head, hs).transpose(1, 2) for t in (q, k, v))  # each (B, nh, T, hs)
         if self.keep_weights:
-            att = q @ k.transpose(-2, -1) / math.sqrt(k.size(-1))  # (B, nh, T, T), scaled by 1/sqrt(head size)
+            att = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, T), scaled by 1/sqrt(head size)
             future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
             self.weights = att.masked_fill(future, float("-inf")).softmax(dim=-1)  # no token sees the future
             y = self.weights @ v  # (B, nh, T, hs)
@@ -198,18 +125,16 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.dropout(self.proj(y))
 
-
 class MLP(nn.Module):
     def __init__(self, n_embd, dropout):
         super().__init__()
         self.fc = nn.Linear(n_embd, 4 * n_embd)
         self.proj = nn.Linear(4 * n_embd, n_embd)
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
         h = F.relu(self.fc(x))  # (B, T, 4C)
         return self.dropout(self.proj(h))  # (B, T, C)
-
 
 class Block(nn.Module):
     """Communication (attention) then computation (MLP), each pre-norm on a residual path."""
@@ -225,23 +150,23 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
-
 class GPT(nn.Module):
     def __init__(self, vocab_size, block_size, n_embd, n_head, n_layer, dropout):
         super().__init__()
         self.block_size = block_size
         self.token_embedding = nn.Embedding(vocab_size, n_embd)
         self.position_embedding = nn.Embedding(block_size, n_embd)
-        self.drop = Dropout(dropout)
+        self.drop = nn.Dropout(dropout)
         self.blocks = nn.Sequential(*[Block(n_embd, n_head, dropout) for _ in range(n_layer)])
         self.ln_f = nn.LayerNorm(n_embd)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
-        self.lm_head.weight = self.token_embedding.weight  # tied, as in GPT-2: one matrix reads and writes tokens
+        self.lm_head.weight = self.token_embedding.weight  # tied, as in GPT-2: one matrix reads and writes
         for name, p in self.named_parameters():  # GPT-2's initialisation
             if name.endswith("bias"):
                 nn.init.zeros_(p)
-            elif p.dim() == 2:  # residual projections shrunk so the residual stream keeps its scale
-                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * n_layer) if name.endswith("proj.weight") else 0.02)
+            elif p.dim() == 2:  # residual projections shrunk, so that the residual stream keeps its scale
+                std = 0.02 / math.sqrt(2 * n_layer) if name.endswith("proj.weight") else 0.02
+                nn.init.normal_(p, 0.0, std)
 
     def forward(self, idx, targets=None):
         B, T = idx.shape
@@ -269,24 +194,22 @@ class GPT(nn.Module):
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
 
-
-# ---------------------------------------------------------------------------- optimizer
+# ----------------------------------------------------------------------------------------- optimizer
 def orthogonalize(G, steps=5):
-    """A batch of matrices G -> about U V^T of each one's SVD (singular values near 1), by Newton-Schulz steps."""
+    """A batch of matrices G -> about U V^T of each one's SVD (singular values near 1), by Newton-Schulz."""
     if G.size(-2) > G.size(-1):
         return orthogonalize(G.mT, steps).mT  # iterate on the wide side, where X @ X^T is the small product
-    a, b, c = 3.4445, -4.7750, 2.0315  # a quintic chosen to push all singular values towards 1 in 5 steps
+    a, b, c = 3.4445, -4.7750, 2.0315  # a quintic that pushes all singular values towards 1 in 5 steps
     X = G / (G.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # singular values now at most 1
     for _ in range(steps):
         A = X @ X.mT
         X = a * X + (b * A + c * A @ A) @ X
     return X
 
-
 class Muon(torch.optim.Optimizer):
-    """Muon (K. Jordan, 2024) for the weight matrices inside the blocks: momentum, then each matrix's update
-    orthogonalised, so that it moves every direction of the matrix about as far. The update is scaled to
-    AdamW's typical size (0.2 sqrt(max side), as Moonshot's Moonlight does), so both take the same learning rate."""
+    """Muon (K. Jordan, 2024): momentum, then each matrix's update orthogonalised, so that it moves every
+    direction of the matrix about as far. Scaled to AdamW's typical update (0.2 sqrt(larger side), as in
+    Moonshot's Moonlight), so that both optimizers take the same learning rate."""
 
     def __init__(self, params, lr, momentum=0.95, weight_decay=0.0):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
@@ -308,37 +231,40 @@ class Muon(torch.optim.Optimizer):
                     p.mul_(1 - group["lr"] * group["weight_decay"])
                     p.add_(u, alpha=-group["lr"] * 0.2 * max(shape) ** 0.5)
 
+def make_optimizers(model):
+    """Muon for the matrices inside the blocks; AdamW for the rest, with weight decay on matrices only."""
+    in_blocks = [p for name, p in model.named_parameters() if name.startswith("blocks.") and p.dim() == 2]
+    matrices = [p for name, p in model.named_parameters() if not name.startswith("blocks.") and p.dim() == 2]
+    others = [p for p in model.parameters() if p.dim() < 2]  # biases and norms
+    groups = [{"params": matrices, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}]
+    fused = not device.startswith("mps")  # one kernel for the whole update, on CUDA and the CPU
+    return [Muon(in_blocks, lr=learning_rate, weight_decay=weight_decay),
+            torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.99), fused=fused)]
 
-# ----------------------------------------------------------------------------- training
-def get_batch(held, batch_size, block_size, device, generator=None):
-    """batch_size examples of block_size tokens, from one side of the split only (held: the held-out side)."""
+# ------------------------------------------------------------------------------------------ training
+def get_batch(held, generator=None):
+    """batch_size examples from one side of the split only (held: the held-out side)."""
     rows = []
     while len(rows) < batch_size:
         rows += [x for x in random_inputs(batch_size, generator).tolist() if held_out(x) == held]
     x, y = examples(torch.tensor(rows[:batch_size]))
-    assert x.size(1) == block_size, "an example is the input and its sorted copy, less the last digit"
     return x.to(device), y.to(device)
 
-
 @torch.no_grad()
-def estimate_loss(model, splits, eval_iters, batch_size, block_size, device, ctx=nullcontext()):
-    """Mean loss over eval_iters batches of each split; the same batches at every call."""
+def estimate_loss(model, data, ctx):
+    """Mean loss of eval_iters batches of each side of the split; the same batches at every call."""
     model.eval()
-    out = {}
-    for name, data in splits.items():
+    losses = {}
+    for split in ("train", "val"):
         generator = torch.Generator().manual_seed(seed)
-        total = 0.0
-        for _ in range(eval_iters):
-            x, y = get_batch(data, batch_size, block_size, device, generator)
-            with ctx:
-                total += model(x, y)[1].item()
-        out[name] = total / eval_iters
+        with ctx:
+            total = sum(model(*get_batch(data[split], generator))[1].float() for _ in range(eval_iters))
+        losses[split] = total.item() / eval_iters
     model.train()
-    return out
-
+    return losses
 
 @torch.no_grad()
-def sort_accuracy(model, inputs, device):
+def sort_accuracy(model, inputs):
     """Exact-match rate of greedy generation from the input alone (no teacher forcing), and the mistakes."""
     model.eval()
     out = model.generate(inputs.to(device), length, temperature=0)[:, length:].cpu()
@@ -347,203 +273,333 @@ def sort_accuracy(model, inputs, device):
     mistakes = [(x, y) for x, y, ok in zip(inputs.tolist(), out.tolist(), right.tolist()) if not ok]
     return right.float().mean().item(), mistakes
 
+def evaluate(model, data, ctx):
+    """The losses, the share of held-out inputs sorted right, and their log line."""
+    losses = estimate_loss(model, data, ctx)
+    accuracy, _ = sort_accuracy(model, data["held-out"])
+    return losses, f"train {losses['train']:.4f} | val {losses['val']:.4f} | held-out sorted {accuracy:.1%}"
 
-def get_lr(step):
-    """Linear warm-up to learning_rate, then cosine decay to min_lr at max_iters."""
+def get_lr(step, total):
+    """Linear warm-up to learning_rate, then cosine decay to min_lr at step `total`."""
     if step < warmup_iters:
         return learning_rate * (step + 1) / warmup_iters
-    progress = min(1.0, (step - warmup_iters) / max(1, max_iters - warmup_iters))
+    progress = min(1.0, (step - warmup_iters) / max(1, total - warmup_iters))
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
 
+def optimize(model, optimizers, scaler, loss, lr):
+    """Backward, then a step of every optimizer at learning rate lr; after an fp16 overflow, of none."""
+    scaler.scale(loss).backward()  # fp16 only: the loss scaled up, so that small gradients stay above zero
+    for optimizer in optimizers:
+        scaler.unscale_(optimizer)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+    norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
+    if not scaler.is_enabled() or norm.isfinite():  # an inf or nan anywhere: no optimizer moves
+        for optimizer in optimizers:
+            scaler.step(optimizer)
+    scaler.update()  # after an overflow, a smaller scale
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
 
-def save_checkpoint(path, checkpoint):
-    """Write to a temporary file, then rename: an interrupted save never leaves half a checkpoint."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    torch.save(checkpoint, path + ".tmp")
-    os.replace(path + ".tmp", path)
+def train(model, optimizers, scaler, ctx, data, run):
+    """Steps run["step"] to max_iters: progress every log_interval steps; the losses and a checkpoint every
+    eval_interval steps and at the end. run is what the checkpoint keeps besides the model."""
+    first, started, last = run["step"], time.time(), time.time()
+    tokens, recent = 0, []
+    for step in range(first, max_iters + 1):
+        evaluating = (step % eval_interval == 0 or step == max_iters) and (step > first or not run["history"])
+        if evaluating or (step % log_interval == 0 and step > first):
+            now, line = time.time(), f"step {step}/{max_iters}"
+            if evaluating:
+                losses, report = evaluate(model, data, ctx)
+                line += f" | {report}"
+            else:
+                line += f" | loss {torch.stack(recent).mean().item():.4f}"  # the batches since the last line
+            if step > first:
+                left = (now - started) / (step - first) * (max_iters - step)
+                line += f" | {tokens / (now - last):,.0f} tok/s | {clock(now - started)} | {clock(left)} left"
+            print(line, flush=True)
+            if evaluating:
+                run["history"].append((step, losses["train"], losses["val"]))
+                if step > first:
+                    save_checkpoint(model, optimizers, scaler, run, step, losses["val"])
+            tokens, recent, last = 0, [], time.time()
+        if step == max_iters:
+            break
+        x, y = get_batch(data["train"])
+        with ctx:
+            _, loss = model(x, y)
+        optimize(model, optimizers, scaler, loss, get_lr(step, run["schedule"]))
+        tokens, recent = tokens + x.numel(), recent + [loss.detach()]
 
+# ------------------------------------------------------------------------------------------ sampling
+@torch.no_grad()
+def last_block_attention(model, idx):
+    """What each head of the last block attends to while reading idx (1, T): (n_head, T, T), rows sum to 1."""
+    model.eval()
+    attn = model.blocks[-1].attn
+    attn.keep_weights = True  # the explicit path, which keeps the weights
+    model(idx)
+    attn.keep_weights = False
+    return attn.weights[0].float().cpu()
 
-def load_checkpoint(path, model, optimizers, vocab):
-    """Restore model and optimizers from path; stop clearly if it is missing or does not fit."""
+def print_attention(weights, labels, row):
+    """The attention as text, a shade per weight: ' ' is 0 (the future), '.' up to 1/9, ... '@' up to 1."""
+    shades = " .:-=+*#%@"
+    print(f"the last block's attention while sorting {''.join(labels[:length])}: row t attends to 0..t")
+    for h in range(len(weights)):
+        print(f"head {h}   " + " ".join(labels))
+        for t, label in enumerate(labels):
+            marks = " ".join(shades[math.ceil(9 * w)] for w in weights[h, t].tolist())
+            print(f"{'->' if t == row else '  '} {t:2d} {label}  {marks}")
+
+# ---------------------------------------------------------------------------------------------- main
+def main():
+    given = configure(sys.argv)
+    checkpoint = load_checkpoint(given) if resume or max_iters == 0 else None  # it sets the model's sizes
+    ctx, scaler = set_up_device()
+    vocab = "0123456789"[:num_digits]
+    encode, decode = make_tokenizer(vocab)
+    data = {"train": False, "val": True,  # get_batch's side of the split; then the inputs it is judged on
+            "held-out": input_set(held=True), "train inputs": input_set(held=False)}
+    check_split(data)
+    model = GPT(len(vocab), 2 * length - 1, n_embd, n_head, n_layer, dropout).to(device)
+    optimizers = make_optimizers(model)
+    multisets = len({tuple(sorted(x)) for x in data["held-out"].tolist()})
+    print(f"{SCRIPT}: device {device} | {sum(p.numel() for p in model.parameters()):,} parameters | "
+          f"sorting {length} digits from 0-{num_digits - 1}: {num_digits ** length:,} inputs, "
+          f"{math.comb(length + num_digits - 1, length):,} multisets")
+    print(f"judged on {len(data['held-out']):,} held-out inputs of {multisets:,} multisets, never trained on")
+    run = restore(checkpoint, model, optimizers, scaler, vocab)
+    if max_iters > 0:
+        train(model, optimizers, scaler, ctx, data, run)
+        plot_losses(run["history"])
+    for name in ("held-out", "train inputs"):  # greedy generation, exact match of the whole sorted half
+        accuracy, mistakes = sort_accuracy(model, data[name])
+        print(f"{name}: {accuracy:.2%} of {len(data[name]):,} inputs sorted exactly right")
+        for digits, out in mistakes[:5]:
+            print(f"  mistake: {decode(digits)} -> {decode(out)} (right: {decode(sorted(digits))})")
+    held = data["held-out"].tolist()  # by default a held-out input with as many distinct digits as any
+    digits = encode(start) if start else max(held, key=lambda x: (len(set(x)), x != sorted(x)))
+    x = model.generate(torch.tensor([digits], device=device), length, temperature=0)  # (1, 2*length)
+    print(f"--- sample: the model sorts {decode(digits)} into {decode(x[0, length:].tolist())} ---")
+    weights, labels = last_block_attention(model, x[:, :-1]), decode(x[0, :-1].tolist())
+    print_attention(weights, labels, row=length + length // 2 - 1)  # this position writes the middle digit
+    draw_attention(weights, labels, divider=length)
+
+# ===================================================================================================
+# Plumbing, the same in every script: settings, errors, device, data files, checkpoints, pictures.
+# ===================================================================================================
+SCRIPT = "sort_task"
+MODEL_KEYS = ("length", "num_digits", "n_embd", "n_head", "n_layer")  # what a checkpoint's model is
+KEEP = ("device", "out_dir", "resume", "start")  # never from it
+
+def setting_problems():
+    return [message for ok, message in [
+        (length > 0 and 2 <= num_digits <= 10, "length must be > 0 and num_digits from 2 to 10"),
+        (min(batch_size, n_layer, n_head, n_embd, eval_interval, eval_iters, log_interval) > 0,
+         "batch_size, n_layer, n_head, n_embd, eval_iters and the intervals must be > 0"),
+        (n_embd % n_head == 0, f"n_embd={n_embd} is not divisible by n_head={n_head}"),
+        (0 <= dropout < 1, f"dropout={dropout} is not in [0, 1)"),
+        (0 <= min_lr <= learning_rate and learning_rate > 0, "learning_rate must be > 0, min_lr in [0, it]"),
+        (min(max_iters, warmup_iters, grad_clip) >= 0, "max_iters, warmup_iters and grad_clip must be >= 0"),
+        (start == "" or len(start) == length and set(start) <= set("0123456789"[:num_digits]),
+         f"start={start!r} is not {length} digits from 0 to {num_digits - 1}"),
+    ] if not ok]
+
+def check_split(data):
+    if min(len(data["held-out"]), len(data["train inputs"])) < 2:
+        die(f"length={length} num_digits={num_digits} has too few multisets to hold a quarter out; "
+            f"make them larger")
+
+class Stopped(Exception):
+    """A mistake, in a notebook: IPython shows what _render_traceback_ returns instead of a traceback."""
+
+    def _render_traceback_(self):
+        return [str(self)]
+
+def die(message, status=1):
+    """Stop with one sentence: on stderr with a non-zero exit status, or in a notebook as the cell's error."""
+    if getattr(builtins, "__IPYTHON__", False):
+        raise Stopped(f"{SCRIPT}: {message}")
+    print(f"{SCRIPT}: {message}", file=sys.stderr)
+    sys.exit(status)
+
+@contextmanager
+def clear_errors():
+    """Ctrl-C, or too little memory: one sentence; the last checkpoint is kept."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        die(f"interrupted; {checkpoint_path()} holds the last evaluation, if any: "
+            f"resume=true goes on from it", 130)
+    except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
+        if "out of memory" not in str(e) and "can't allocate memory" not in str(e):
+            raise
+        die(f"out of memory on {device}: make batch_size, block_size or the model smaller")
+
+def configure(argv):
+    """Set the hyperparameters from name=value arguments and return the names set. In a notebook the
+    arguments are the kernel's own: there the settings are the lines above, and all count as set."""
+    notebook = "kernel_launcher" in os.path.basename(argv[0] if argv else "")  # ipykernel_launcher.py
+    args, given = ([], set(SETTINGS)) if notebook else (argv[1:], set())
+    if {"-h", "--help"} & set(args):
+        print((globals().get("__doc__") or "").strip(), "\nSettings (name=value) and their defaults here:",
+              *(f"  {k}={globals()[k]!r}" for k in SETTINGS), sep="\n")
+        sys.exit(0)
+    valid = "valid settings: " + " ".join(f"{k}={globals()[k]!r}" for k in SETTINGS)
+    for arg in args:
+        name, eq, text = arg.lstrip("-").partition("=")
+        if not eq or name not in SETTINGS:
+            die(f"unknown setting {arg!r}; {valid}", 2)
+        kind = type(globals()[name])
+        try:
+            globals()[name] = {"true": True, "1": True, "false": False, "0": False}[text.lower()] \
+                if kind is bool else kind(text)
+        except (KeyError, ValueError):
+            die(f"{name}={text!r} is not a valid {kind.__name__}; {valid}", 2)
+        given.add(name)
+    for problem in setting_problems()[:1]:
+        die(problem, 2)
+    parent = out_dir  # out_dir, or the folder that will hold it, must be a folder one can write in
+    while not os.path.exists(parent):
+        parent = os.path.dirname(os.path.abspath(parent))
+    writable = os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)
+    if not writable or os.path.isdir(checkpoint_path()):
+        die(f"out_dir={out_dir!r} is not a folder this script can write {SCRIPT}.pt in", 2)
+    return given
+
+def set_up_device():
+    """Seed; on CUDA, TF32 and autocast: bf16 where the GPU has it in hardware (compute capability 8.0 and
+    up), else fp16 with a gradient scaler (a T4). The CPU and an Apple GPU train in float32."""
+    torch.manual_seed(seed)
+    kind, dtype = device.split(":")[0], torch.float32
+    if kind == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        dtype = torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+    ctx = nullcontext() if dtype == torch.float32 else torch.autocast(kind, dtype=dtype)
+    return ctx, torch.amp.GradScaler(kind, enabled=dtype == torch.float16)
+
+def checkpoint_path():
+    return os.path.join(out_dir, f"{SCRIPT}.pt")
+
+def unusable(why):
+    die(f"{checkpoint_path()} is not a checkpoint this {SCRIPT}.py can use ({why}); train anew, "
+        f"or set out_dir= another folder")
+
+def load_checkpoint(given):
+    """The checkpoint for resume=true or max_iters=0. Its settings replace those not given (but for KEEP);
+    a model setting given that differs from it is an error."""
+    path = checkpoint_path()
     if not os.path.exists(path):
-        die(f"resume=true but there is no checkpoint at {path}; train without resume first")
+        die(f"{'resume=true' if resume else 'max_iters=0'} needs a checkpoint, and there is none at {path}; "
+            f"train first, or set out_dir= the folder that holds one")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        missing = {"model", "optimizer", "config", "vocab", "step", "val_loss", "history"} - set(checkpoint)
-    except Exception as e:  # a truncated or foreign file: say so, leave it alone
-        die(f"{path} is not a checkpoint this script can read ({type(e).__name__})")
-    if missing:
-        die(f"{path} is not a checkpoint of {SCRIPT}.py: it has no {', '.join(sorted(missing))}")
-    changed = [f"{k}={checkpoint['config'].get(k)!r}" for k in MODEL_KEYS if checkpoint["config"].get(k) != globals()[k]]
-    if changed or checkpoint["vocab"] != vocab:
-        die(f"{path} was trained with other settings ({' '.join(changed) or 'another vocabulary'}); "
-            f"pass the same settings, or out_dir= another folder")
+        config = {k: checkpoint["config"][k] for k in SETTINGS}
+        if checkpoint["script"] != SCRIPT:
+            raise ValueError(f"it was written by {checkpoint['script']}.py")
+    except Exception as e:  # truncated, foreign, or of another version of this script
+        unusable(e if isinstance(e, ValueError) else type(e).__name__)
+    clash = [f"{k}={config[k]!r}" for k in MODEL_KEYS if k in given and config[k] != globals()[k]]
+    if clash:
+        die(f"{path} was trained with {' '.join(clash)}: leave those settings out, "
+            f"or set out_dir= another folder")
+    globals().update({k: v for k, v in config.items() if k not in given and k not in KEEP})
+    return checkpoint
+
+def restore(checkpoint, model, optimizers, scaler, vocab):
+    """The run so far: a new one, or the checkpoint's, with the model (and, to resume, the optimizers, the
+    gradient scaler and the random state) as they were when it was saved."""
+    if checkpoint is None:
+        return {"vocab": vocab, "step": 0, "history": [], "best_val_loss": math.inf, "schedule": max_iters}
     try:
         model.load_state_dict(checkpoint["model"])
-        if not isinstance(checkpoint["optimizer"], list) or len(checkpoint["optimizer"]) != len(optimizers):
-            raise ValueError("not one state per optimizer")
-        for optimizer, state in zip(optimizers, checkpoint["optimizer"]):
-            optimizer.load_state_dict(state)
-    except (RuntimeError, ValueError, TypeError, KeyError) as e:
-        die(f"{path} does not fit this version of {SCRIPT}.py ({type(e).__name__}); train anew, or out_dir= another folder")
-    return checkpoint["step"], checkpoint["val_loss"], checkpoint["history"]
+        if resume:
+            for optimizer, state in zip(optimizers, checkpoint["optimizer"], strict=True):
+                optimizer.load_state_dict(state)
+            scaler.load_state_dict(checkpoint["scaler"])
+            torch.set_rng_state(checkpoint["rng"]["cpu"])
+            if device.startswith("cuda") and "cuda" in checkpoint["rng"]:
+                torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
+        kept = ("vocab", "step", "history", "val_loss", "best_val_loss", "schedule")
+        run = {k: checkpoint[k] for k in kept}
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        unusable(type(e).__name__)
+    print(f"loaded {checkpoint_path()}: step {run['step']}, val {run['val_loss']:.4f}")
+    return run
 
-
-def plot_losses(history, path):
-    """Train and val loss against step, as a PNG; skipped if matplotlib is missing."""
+def save_checkpoint(model, optimizers, scaler, run, step, val_loss):
+    """All an exact resume needs, to a temporary file then renamed: never half a checkpoint."""
+    run.update(step=step, val_loss=val_loss, best_val_loss=min(run["best_val_loss"], val_loss))
+    rng = {"cpu": torch.get_rng_state()}  # the batches, and dropout on the CPU
+    if device.startswith("cuda"):
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    path = checkpoint_path()
     try:
-        from matplotlib.figure import Figure  # no pyplot: leaves a notebook's own backend alone
-    except ImportError:
-        print("matplotlib is not installed: no loss plot")
-        return
-    steps, train, val = zip(*history)
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
-    ax.plot(steps, train, label="train")
-    ax.plot(steps, val, label="val")
-    ax.set(xlabel="step", ylabel="loss (nats per token)")
-    ax.set_title(f"{SCRIPT}.py " + " ".join(f"{k}={globals()[k]}" for k in MODEL_KEYS), fontsize=8)
-    ax.legend()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    print(f"loss curves saved to {path}")
-
+        os.makedirs(out_dir, exist_ok=True)
+        torch.save({**run, "script": SCRIPT, "config": {k: globals()[k] for k in SETTINGS}, "rng": rng,
+                    "model": model.state_dict(), "optimizer": [o.state_dict() for o in optimizers],
+                    "scaler": scaler.state_dict()}, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    except (OSError, RuntimeError) as e:  # a full disk, say
+        if os.path.isfile(path + ".tmp"):
+            os.remove(path + ".tmp")
+        die(f"could not write {path} ({e}); the last checkpoint is kept")
 
 def clock(seconds):
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
-
-# ----------------------------------------------------------------------------- sampling
-@torch.no_grad()
-def show_attention(model, x, decode, path):
-    """The last block's attention while it reads x (1, T): a text heat map per head, and a picture."""
-    model.eval()
-    attn = model.blocks[-1].attn
-    attn.keep_weights = True  # the explicit path, which keeps the weights
-    model(x)
-    attn.keep_weights = False
-    weights = attn.weights[0].cpu()  # (n_head, T, T)
-    labels = decode(x[0].tolist())
-    row = length + length // 2 - 1  # this position writes the middle digit of the sorted half
-    shades = " .:-=+*#%@"  # weight 0 .. 1
-    print(f"last block's attention while sorting {labels[:length]}: row t attends to columns 0..t, "
-          f"shade = weight ({shades!r} = 0 .. 1)")
-    for h in range(weights.size(0)):
-        print(f"head {h}   " + " ".join(labels))
-        for t, label in enumerate(labels):
-            print(f"{'->' if t == row else '  '} {t:2d} {label}  " + " ".join(shades[min(9, int(10 * w))] for w in weights[h, t]))
+def figure(**kwargs):
     try:
-        from matplotlib.figure import Figure
+        from matplotlib.figure import Figure  # not pyplot: a notebook's own backend is left alone
     except ImportError:
-        print("matplotlib is not installed: no attention picture")
-        return
-    fig = Figure(figsize=(3 * (weights.size(0) + 1), 3.2))
-    axes = fig.subplots(1, weights.size(0) + 1)
-    ticks = dict(xticks=range(len(labels)), xticklabels=list(labels))
-    for h, ax in enumerate(axes[:-1]):
-        ax.imshow(weights[h].numpy(), cmap="viridis", vmin=0, vmax=1)
-        ax.set(title=f"head {h}", yticks=range(len(labels)), yticklabels=list(labels), **ticks)
-    for h in range(weights.size(0)):
-        axes[-1].plot(weights[h, row].numpy(), marker="o", label=f"head {h}")
-    axes[-1].set(title=f"position {row} (writes digit {length // 2 + 1})", ylim=(0, 1), **ticks)
-    axes[-1].legend(fontsize=7)
-    fig.suptitle(f"last block's attention, sorting {labels[:length]}")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    print(f"attention picture saved to {path}")
+        return print("matplotlib is not installed: no picture")
+    return Figure(**kwargs)
 
+def save_figure(fig, name):
+    path = os.path.join(out_dir, f"{SCRIPT}_{name}.png")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        print(f"{name} picture saved to {path}")
+    except OSError as e:
+        print(f"could not save {path} ({e})")
 
-# --------------------------------------------------------------------------------- main
-def main():
-    configure(sys.argv)
-    torch.manual_seed(seed)
-    device_type = device.split(":")[0]
-    if device_type == "cuda":  # TF32 matmuls, bf16 autocast (or fp16 with a gradient scaler)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        ctx = torch.autocast("cuda", dtype=dtype)
-    else:  # CPU and MPS train in float32
-        dtype, ctx = torch.float32, nullcontext()
-    if device_type == "cpu":
-        keep_freed_memory()
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+def plot_losses(history):
+    fig = figure(figsize=(6, 4))
+    if fig:
+        ax = fig.subplots()
+        steps, train, val = zip(*history)
+        ax.plot(steps, train, label="train")
+        ax.plot(steps, val, label="val")
+        ax.set(xlabel="step", ylabel="loss (nats per token)")
+        ax.set_title(f"{SCRIPT}.py " + " ".join(f"{k}={globals()[k]}" for k in MODEL_KEYS), fontsize=8)
+        ax.legend()
+        save_figure(fig, "loss")
 
-    vocab = "0123456789"[:num_digits]
-    encode, decode = make_tokenizer(vocab)
-    splits = {"train": False, "val": True}  # which side of the hash split each draws from
-    tests = {"held-out": input_set(held=True), "train": input_set(held=False)}
-    if min(len(inputs) for inputs in tests.values()) < 2:
-        die(f"length={length} num_digits={num_digits} has too few inputs to hold a quarter out; make them larger")
-
-    block_size = 2 * length - 1  # an example: the input, then its sorted copy less the last digit
-    model = GPT(len(vocab), block_size, n_embd, n_head, n_layer, dropout).to(device)
-    print(f"{SCRIPT}: device {device} | {sum(p.numel() for p in model.parameters()):,} parameters | "
-          f"sorting {length} digits from 0-{num_digits - 1}: {num_digits ** length:,} inputs, a quarter held out; "
-          f"judged on {len(tests['held-out']):,} held-out inputs")
-    in_blocks = [p for name, p in model.named_parameters() if name.startswith("blocks.") and p.dim() == 2]
-    matrices = [p for name, p in model.named_parameters() if not name.startswith("blocks.") and p.dim() == 2]
-    others = [p for p in model.parameters() if p.dim() < 2]  # biases and norms: no weight decay
-    optimizers = [Muon(in_blocks, lr=learning_rate, weight_decay=weight_decay),
-                  torch.optim.AdamW([{"params": matrices, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}],
-                                    lr=learning_rate, betas=(0.9, 0.99), fused=device_type in ("cuda", "cpu"))]
-    path = os.path.join(out_dir, f"{SCRIPT}.pt")
-    step, best_val, history = 0, float("inf"), []
-    if resume or (max_iters == 0 and os.path.exists(path)):
-        step, best_val, history = load_checkpoint(path, model, optimizers, vocab)
-        print(f"loaded {path}: step {step}, val {best_val:.3f}")
-
-    config = {k: globals()[k] for k in CONFIG_KEYS}
-    t0 = last = time.time()
-    first = last_step = step
-    for step in range(step, max_iters + 1):
-        if (step % eval_interval == 0 or step == max_iters) and not (step == first and history):  # not twice on resume
-            now = time.time()
-            speed = (step - last_step) * batch_size * block_size / max(now - last, 1e-9)
-            losses = estimate_loss(model, splits, eval_iters, batch_size, block_size, device, ctx)
-            accuracy, _ = sort_accuracy(model, tests["held-out"], device)
-            left = (now - t0) / max(1, step - first) * (max_iters - step)
-            print(f"step {step}/{max_iters} | train {losses['train']:.4f} | val {losses['val']:.4f} | "
-                  f"held-out sorted {accuracy:.1%} | {speed:,.0f} tok/s | {clock(now - t0)} | {clock(left)} left",
-                  flush=True)
-            history.append((step, losses["train"], losses["val"]))
-            if step > first and (losses["val"] < best_val or step == max_iters):  # an untrained model is not saved
-                best_val = min(best_val, losses["val"])
-                save_checkpoint(path, {"model": model.state_dict(), "optimizer": [o.state_dict() for o in optimizers],
-                                       "config": config, "vocab": vocab, "step": step,
-                                       "val_loss": losses["val"], "history": history})
-            last, last_step = time.time(), step
-        if step == max_iters:
-            break
-        for optimizer in optimizers:
-            for group in optimizer.param_groups:
-                group["lr"] = get_lr(step)
-        x, y = get_batch(splits["train"], batch_size, block_size, device)
-        with ctx:
-            _, loss = model(x, y)
-        scaler.scale(loss).backward()
-        if grad_clip:
-            for optimizer in optimizers:
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        for optimizer in optimizers:
-            scaler.step(optimizer)
-            optimizer.zero_grad(set_to_none=True)
-        scaler.update()
-    if len(history) > 1:
-        plot_losses(history, os.path.join(out_dir, f"{SCRIPT}_loss.png"))
-
-    for name, inputs in tests.items():  # greedy generation, exact match of the whole sorted half
-        accuracy, mistakes = sort_accuracy(model, inputs, device)
-        print(f"{name}: {accuracy:.2%} of {len(inputs):,} inputs sorted exactly right")
-        for digits, out in mistakes[:5]:
-            print(f"  mistake: {decode(digits)} -> {decode(out)} (right: {decode(sorted(digits))})")
-    held = tests["held-out"].tolist()  # default example: a held-out input with as many distinct digits as any
-    digits = encode(start) if start else max(held, key=lambda x: (len(set(x)), x != sorted(x)))
-    model.eval()
-    x = model.generate(torch.tensor([digits], device=device), length, temperature=0)  # (1, 2*length)
-    print(f"--- sample: the model sorts {decode(digits)} into {decode(x[0, length:].tolist())} ---")
-    show_attention(model, x[:, :-1], decode, os.path.join(out_dir, f"{SCRIPT}_attention.png"))
+def draw_attention(weights, labels, divider=None):
+    """A heat map per head: row t is what position t attends to; the tokens are the ticks."""
+    labels = [{"\n": "\\n", " ": "␣"}.get(c, c) for c in labels]
+    rows = 1 if len(weights) <= 3 else 2
+    cols = math.ceil(len(weights) / rows)
+    fig = figure(figsize=(1 + 4 * cols, 4 * rows), layout="constrained")
+    if fig:
+        axes = fig.subplots(rows, cols, squeeze=False).flatten()
+        for h, ax in enumerate(axes[: len(weights)]):
+            image = ax.imshow(weights[h].numpy(), cmap="viridis", vmin=0, vmax=1)
+            ax.set_title(f"head {h}")
+            ax.set_xticks(range(len(labels)), labels, fontsize=max(5, min(10, 280 // len(labels))))
+            ax.set_yticks(range(len(labels)), labels, fontsize=max(5, min(10, 280 // len(labels))))
+            if divider:  # between the input and the output
+                ax.axvline(divider - 0.5, color="white")
+                ax.axhline(divider - 0.5, color="white")
+        for ax in axes[len(weights):]:
+            ax.axis("off")
+        fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
+        fig.suptitle(f"{SCRIPT}.py: what the last block's heads attend to (row: the position reading)")
+        save_figure(fig, "attention")
 
 if __name__ == "__main__":
-    try:
+    with clear_errors():
         main()
-    except KeyboardInterrupt:  # Ctrl-C: checkpoints are written whole or not at all, so what is saved is good
-        die(f"interrupted; the last checkpoint saved, if any, is in {out_dir}/", 130)

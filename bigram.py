@@ -15,6 +15,7 @@ the pairs of letters in the sample are right, the words are not.
 """
 
 import builtins
+import difflib
 import hashlib
 import math
 import os
@@ -201,8 +202,7 @@ def train(model, optimizers, scaler, ctx, data, run):
             print(line, flush=True)
             if evaluating:
                 run["history"].append((step, losses["train"], losses["val"]))
-                if step > first:
-                    save_checkpoint(model, optimizers, scaler, run, step, losses["val"])
+                save_checkpoint(model, optimizers, scaler, run, step, losses["val"])  # replaces any older one
             tokens, recent, last = 0, [], time.time()
         if step == max_iters:
             break
@@ -232,7 +232,7 @@ def main():
     encode, decode = make_tokenizer(vocab)
     data = {"train": torch.tensor(encode(train_text)), "val": torch.tensor(encode(val_text)),
             "val_characters": len(val_text)}
-    check_prompt(set(start) <= set(vocab), data)
+    check_prompt(sorted(set(start) - set(vocab)), data)
     model = BigramLanguageModel(len(vocab)).to(device)
     optimizers = make_optimizers(model)
     print(f"{SCRIPT}: device {device} | {sum(p.numel() for p in model.parameters()):,} parameters | "
@@ -242,7 +242,7 @@ def main():
     print(f"counting pairs: train {least:.4f}, the least any bigram table can reach on the training text | "
           f"val {smoothed:.4f} with add-one smoothing, a reference but not the best possible")
     run = restore(checkpoint, model, optimizers, scaler, vocab)
-    if max_iters > 0:
+    if max_iters > run["step"]:
         train(model, optimizers, scaler, ctx, data, run)
         plot_losses(run["history"])
     table = model.token_embedding.weight.detach().cpu().log_softmax(dim=-1)
@@ -267,7 +267,8 @@ def setting_problems():
         (0 <= min_lr <= learning_rate and learning_rate > 0, "learning_rate must be > 0, min_lr in [0, it]"),
         (min(max_iters, max_new_tokens, top_k, temperature, warmup_iters, grad_clip) >= 0,
          "max_iters, max_new_tokens, top_k, temperature, warmup_iters and grad_clip must be >= 0"),
-        (start != "" and 0 <= seed < 2**63, "the prompt start= must not be empty, and seed must be >= 0"),
+        (start != "", "the prompt start= must not be empty"),
+        (0 <= seed < 2**63, f"seed={seed} is not in [0, 2**63)"),
     ] if not ok]
 
 def devices():
@@ -275,9 +276,10 @@ def devices():
     apple = ["mps"] if torch.backends.mps.is_available() else []
     return ["cpu", *(["cuda", *gpus] if gpus else []), *apple]
 
-def check_prompt(known, data):
-    if not known:
-        die(f"the prompt start={start!r} has characters or tokens that never occur in {dataset}")
+def check_prompt(unknown, data):
+    if unknown:
+        die(f"the prompt start={start!r} has characters or tokens that never occur in {dataset}: "
+            f"{', '.join(map(repr, unknown))}")
     if block_size >= len(data["val"]):
         die(f"block_size={block_size} is longer than the validation text ({len(data['val'])} tokens)")
 
@@ -300,8 +302,9 @@ def clear_errors():
     try:
         yield
     except KeyboardInterrupt:
+        where = "" if out_dir == "out" else f" out_dir={out_dir}"
         die(f"interrupted; {checkpoint_path()} holds the last evaluation, if any: "
-            f"resume=true goes on from it", 130)
+            f"resume=true{where} goes on from it", 130)
     except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
         if "out of memory" not in str(e) and "can't allocate memory" not in str(e):
             raise
@@ -320,7 +323,8 @@ def configure(argv):
     for arg in args:
         name, eq, text = arg.lstrip("-").partition("=")
         if not eq or name not in SETTINGS:
-            die(f"unknown setting {arg!r}; {valid}", 2)
+            close = difflib.get_close_matches(name, SETTINGS, 1)
+            die(f"unknown setting {arg!r}{f' (did you mean {close[0]}?)' if close else ''}; {valid}", 2)
         kind = type(globals()[name])
         try:
             globals()[name] = {"true": True, "1": True, "false": False, "0": False}[text.lower()] \
@@ -480,6 +484,8 @@ def restore(checkpoint, model, optimizers, scaler, vocab):
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         unusable(e if isinstance(e, ValueError) else type(e).__name__)
     print(f"loaded {checkpoint_path()}: step {run['step']}, val {run['val_loss']:.4f}")
+    if resume and run["step"] >= max_iters:
+        print(f"max_iters={max_iters} is reached already: nothing to train; set max_iters= higher to go on")
     return run
 
 def save_checkpoint(model, optimizers, scaler, run, step, val_loss):

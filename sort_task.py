@@ -18,6 +18,7 @@ Expect: all 2,730 held-out inputs sorted right, in 21 s on 2 cores of an AMD EPY
 """
 
 import builtins
+import difflib
 import hashlib
 import itertools
 import math
@@ -327,8 +328,7 @@ def train(model, optimizers, scaler, ctx, data, run):
             print(line, flush=True)
             if evaluating:
                 run["history"].append((step, losses["train"], losses["val"]))
-                if step > first:
-                    save_checkpoint(model, optimizers, scaler, run, step, losses["val"])
+                save_checkpoint(model, optimizers, scaler, run, step, losses["val"])  # replaces any older one
             tokens, recent, last = 0, [], time.time()
         if step == max_iters:
             break
@@ -377,7 +377,7 @@ def main():
           f"{math.comb(length + num_digits - 1, length):,} multisets")
     print(f"judged on {len(data['held-out']):,} held-out inputs of {multisets:,} multisets, never trained on")
     run = restore(checkpoint, model, optimizers, scaler, vocab)
-    if max_iters > 0:
+    if max_iters > run["step"]:
         train(model, optimizers, scaler, ctx, data, run)
         plot_losses(run["history"])
     for name in ("held-out", "train inputs"):  # greedy generation, exact match of the whole sorted half
@@ -409,8 +409,8 @@ def setting_problems():
         (n_embd % n_head == 0, f"n_embd={n_embd} is not divisible by n_head={n_head}"),
         (0 <= dropout < 1, f"dropout={dropout} is not in [0, 1)"),
         (0 <= min_lr <= learning_rate and learning_rate > 0, "learning_rate must be > 0, min_lr in [0, it]"),
-        (min(max_iters, warmup_iters, grad_clip) >= 0 and 0 <= seed < 2**63,
-         "max_iters, warmup_iters, grad_clip and seed must be >= 0"),
+        (min(max_iters, warmup_iters, grad_clip) >= 0, "max_iters, warmup_iters and grad_clip must be >= 0"),
+        (0 <= seed < 2**63, f"seed={seed} is not in [0, 2**63)"),
         (start == "" or len(start) == length and set(start) <= set("0123456789"[:num_digits]),
          f"start={start!r} is not {length} digits from 0 to {num_digits - 1}"),
     ] if not ok]
@@ -446,8 +446,9 @@ def clear_errors():
     try:
         yield
     except KeyboardInterrupt:
+        where = "" if out_dir == "out" else f" out_dir={out_dir}"
         die(f"interrupted; {checkpoint_path()} holds the last evaluation, if any: "
-            f"resume=true goes on from it", 130)
+            f"resume=true{where} goes on from it", 130)
     except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
         if "out of memory" not in str(e) and "can't allocate memory" not in str(e):
             raise
@@ -466,7 +467,8 @@ def configure(argv):
     for arg in args:
         name, eq, text = arg.lstrip("-").partition("=")
         if not eq or name not in SETTINGS:
-            die(f"unknown setting {arg!r}; {valid}", 2)
+            close = difflib.get_close_matches(name, SETTINGS, 1)
+            die(f"unknown setting {arg!r}{f' (did you mean {close[0]}?)' if close else ''}; {valid}", 2)
         kind = type(globals()[name])
         try:
             globals()[name] = {"true": True, "1": True, "false": False, "0": False}[text.lower()] \
@@ -549,6 +551,8 @@ def restore(checkpoint, model, optimizers, scaler, vocab):
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         unusable(e if isinstance(e, ValueError) else type(e).__name__)
     print(f"loaded {checkpoint_path()}: step {run['step']}, val {run['val_loss']:.4f}")
+    if resume and run["step"] >= max_iters:
+        print(f"max_iters={max_iters} is reached already: nothing to train; set max_iters= higher to go on")
     return run
 
 def save_checkpoint(model, optimizers, scaler, run, step, val_loss):

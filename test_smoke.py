@@ -323,7 +323,7 @@ def test_help_lists_every_setting(script, flag, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["max_iter=3"], "unknown setting 'max_iter=3'"),
+    (["max_iter=3"], "unknown setting 'max_iter=3' (did you mean max_iters?)"),
     (["max_iters"], "unknown setting 'max_iters'"),
     (["max_iters=3.5"], "max_iters='3.5' is not a valid int"),
     (["dropout=lots"], "dropout='lots' is not a valid float"),
@@ -335,7 +335,7 @@ def test_help_lists_every_setting(script, flag, capsys):
     (["top_k=-1"], "must be >= 0"),
     (["learning_rate=0"], "learning_rate must be > 0"),
     (["start="], "the prompt start= must not be empty"),
-    (["seed=-1"], "seed must be >= 0"),
+    (["seed=-1"], "seed=-1 is not in [0, 2**63)"),
     (["temperature=nan"], "temperature='nan' is not a finite number"),
     (["learning_rate=inf"], "learning_rate='inf' is not a finite number"),
     (["device=gpu"], "device='gpu' is not one of this machine's: cpu"),
@@ -644,15 +644,21 @@ def test_cuda_precision_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported",
                         lambda including_emulation=True: True)  # yes, on a T4 too
     monkeypatch.setattr(torch.amp, "GradScaler", lambda kind, enabled: (kind, enabled))
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    for capability, dtype in [((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)]:
-        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # without a GPU, autocast("cuda") warns
-            ctx, scaler = g.set_up_device()
-        assert ctx.fast_dtype == dtype and scaler == ("cuda", dtype == torch.float16), capability
-        assert torch.backends.cuda.matmul.allow_tf32
+    # these two flags are set back by hand: some versions of pytest's monkeypatch cannot undo them
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        for capability, dtype in [((7, 5), torch.float16), ((8, 0), torch.bfloat16),
+                                  ((9, 0), torch.bfloat16)]:
+            monkeypatch.setattr(torch.cuda, "get_device_capability",
+                                lambda device=None, c=capability: c)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # without a GPU, autocast("cuda") warns
+                ctx, scaler = g.set_up_device()
+            assert ctx.fast_dtype == dtype and scaler == ("cuda", dtype == torch.float16), capability
+            assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
 
 # ----------------------------------------------------------- checkpoints and exact resume
@@ -665,6 +671,27 @@ def interrupt_after_saving(module, step):
         if args[4] == step:
             raise KeyboardInterrupt
     module.save_checkpoint = save_then_stop
+
+
+def test_a_new_run_replaces_an_old_checkpoint_at_once(tmp_path, monkeypatch, capsys):
+    """Stopped before its first steps, a new run must not leave resume=true an older run's checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    assert main_in_process("bigram", [], monkeypatch, capsys)[0] == 0
+    module = load("bigram")
+    interrupt_after_saving(module, 0)
+    with pytest.raises(KeyboardInterrupt):
+        main_in_process("bigram", ["dataset=atticus"], monkeypatch, capsys, module=module)
+    checkpoint = torch.load(tmp_path / "out" / "bigram.pt", weights_only=True)
+    assert checkpoint["step"] == 0 and checkpoint["config"]["dataset"] == "atticus"
+    status, out, err = main_in_process("bigram", ["resume=true", "device=cpu"], monkeypatch, capsys,
+                                       tiny=False)
+    assert status == 0 and "loaded out/bigram.pt: step 0" in out, err
+    assert "atticus: 825,409 characters" in out
+    assert [s for s, _, _ in full_lines(out, "bigram", "atticus")] == [2, 4]
+    status, out, err = main_in_process("bigram", ["resume=true", "device=cpu"], monkeypatch, capsys,
+                                       tiny=False)
+    assert status == 0 and "max_iters=4 is reached already: nothing to train" in out
+    assert FULL.search(out) is None
 
 
 @pytest.mark.parametrize("script", ["gpt_char", "sort_task"])
@@ -822,7 +849,8 @@ def test_memory_and_ctrl_c_end_in_one_sentence(error, message, capsys):
 
 
 MISTAKES = [  # (script, what the user typed, exit status, what the one sentence on stderr says)
-    *[(script, ["max_iter=3"], 2, "unknown setting 'max_iter=3'; valid settings: ") for script in SCRIPTS],
+    *[(script, ["max_iter=3"], 2, "unknown setting 'max_iter=3' (did you mean max_iters?); valid settings: ")
+      for script in SCRIPTS],
     *[(script, ["max_iters=3.5"], 2, "max_iters='3.5' is not a valid int; valid settings: ")
       for script in SCRIPTS],
     *[(script, ["n_embd=100", "n_head=3"], 2, "n_embd=100 is not divisible by n_head=3")
@@ -832,7 +860,7 @@ MISTAKES = [  # (script, what the user typed, exit status, what the one sentence
     ("sort_task", ["length=3", "num_digits=2"], 1,
      "length=3 num_digits=2 has too few multisets to hold a quarter"),
     ("bigram", ["start=ROMEO€"], 1,
-     "the prompt start='ROMEO€' has characters or tokens that never occur in shakespeare"),
+     "the prompt start='ROMEO€' has characters or tokens that never occur in shakespeare: '€'"),
     ("gpt_char", ["start=ROMEO€"], 1, "has characters or tokens that never occur in shakespeare"),
     ("gpt_bpe", ["start=日本"], 1, "has characters or tokens that never occur in atticus"),
     ("sort_task", ["start=2103"], 2, "start='2103' is not 6 digits from 0 to 4"),

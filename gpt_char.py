@@ -9,7 +9,7 @@ Run:   python gpt_char.py                            tinyshakespeare (dataset=at
        python gpt_char.py max_iters=0 start=ROMEO:   only sample, from out/gpt_char.pt
        python gpt_char.py --help                     every setting and its default
 
-Expect: val loss 1.547 (2.23 bits per character) in 194 s on 2 cores of an AMD EPYC CPU, and a
+Expect: val loss 1.547 (2.23 bits per character) in 199 s on 2 cores of an AMD EPYC CPU, and a
 sample that looks like a play.
 """
 

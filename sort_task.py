@@ -14,7 +14,7 @@ Run:   python sort_task.py                            6 digits from 0-4
 12 digits from 0-9:
  python sort_task.py length=12 num_digits=10 n_layer=3 n_embd=128 max_iters=1200 eval_interval=600 min_lr=3e-5
 
-Expect: all 2,730 held-out inputs sorted right, in 21 s on 2 cores of an AMD EPYC CPU.
+Expect: all 2,730 held-out inputs sorted right, in 23 s on 2 cores of an AMD EPYC CPU.
 """
 
 import builtins

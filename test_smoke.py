@@ -1,4 +1,4 @@
-"""Tests of the collection: `pytest test_smoke.py` (a few minutes on 2 CPU cores, no network, no GPU).
+"""Tests of the collection: `pytest test_smoke.py` (about 2 minutes on 2 CPU cores, no network, no GPU).
 
 Every script runs end to end as a user runs it (a subprocess with tiny settings, in a temporary
 folder) and as a notebook runs it (IPython, no __file__, the kernel's own arguments); the pieces users

@@ -19,6 +19,7 @@ import difflib
 import hashlib
 import math
 import os
+import re
 import sys
 import time
 import urllib.request
@@ -30,7 +31,7 @@ from torch.nn import functional as F
 
 # ----------------------------------------------------------------------------------- hyperparameters
 device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-dataset = "shakespeare"  # shakespeare | atticus
+dataset = "shakespeare"  # shakespeare | atticus | the path of a UTF-8 text file of your own
 batch_size = 64  # sequences per step
 block_size = 32  # characters per sequence (the model itself sees one at a time)
 max_iters = 2000  # optimizer steps
@@ -55,14 +56,13 @@ SETTINGS = ("device dataset batch_size block_size max_iters eval_interval eval_i
             "temperature top_k").split()
 
 # ---------------------------------------------------------------------------------------------- data
-TEXTS = {"shakespeare": "tinyshakespeare.txt", "atticus": "atticus.xml"}  # dataset -> file in data/
+TEXTS = {"shakespeare": "tinyshakespeare.txt", "atticus": "atticus.xml"}  # dataset -> its file in data/
 
 def load_text(path):
-    """A text file as it is; Cicero's letters read out of their TEI XML (read_atticus, after main)."""
-    if path.endswith(".xml"):
-        return read_atticus(path)
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+    """Cicero's letters read out of their TEI XML (read_atticus, after main); any other file as it is
+    (read_text, after main, which stops with one sentence at a file that is not UTF-8 text)."""
+    shipped = os.path.abspath(path) == os.path.abspath(os.path.join(DATA_DIR, TEXTS["atticus"]))
+    return read_atticus(path) if shipped else read_text(path)
 
 def split_text(text):
     """The first 90 % of the characters to learn from, the rest to check on: the same cut in every step."""
@@ -98,7 +98,7 @@ class BigramLanguageModel(nn.Module):
         """Extend idx (B, T) by max_new_tokens tokens, each fed back in; temperature 0 is greedy."""
         for _ in range(max_new_tokens):
             logits, _ = self(idx[:, -self.block_size:])  # crop the context to what the model knows
-            logits = logits[:, -1, :]  # (B, vocab_size): the last position predicts the next token
+            logits = logits[:, -1, :].float()  # (B, vocab_size): the last position, in float32 under autocast
             if temperature == 0:
                 idx_next = logits.argmax(dim=-1, keepdim=True)
             else:
@@ -137,19 +137,22 @@ def get_batch(data, generator=None):
 
 @torch.no_grad()
 def estimate_loss(model, data, ctx):
-    """Mean loss per token: of the whole val split (in windows of block_size, each token once), and of
-    eval_iters random batches of the much longer train split (the same batches at every call)."""
+    """Mean loss per token: of every token of the val split once (in windows of block_size, the first read
+    after the last training token), and of eval_iters random batches of the much longer train split (the
+    same batches at every call)."""
     model.eval()
-    n = (len(data["val"]) - 1) // block_size  # whole windows; the last few tokens are left out
-    windows = data["val"][: n * block_size + 1].unfold(0, block_size + 1, block_size)  # (n, T+1)
+    stream = torch.cat([data["train"][-1:], data["val"]])  # every val token a target once: stream[1:]
+    pad = -(len(stream) - 1) % block_size  # the last window filled up with targets -1, which do not count
+    x = F.pad(stream[:-1], (0, pad)).view(-1, block_size).to(device)  # (n, T)
+    y = F.pad(stream[1:], (0, pad), value=-1).view(-1, block_size).to(device)  # (n, T)
     generator = torch.Generator().manual_seed(seed)
     batches = {"train": [get_batch(data["train"], generator) for _ in range(eval_iters)],
-               "val": [(w[:, :-1].to(device), w[:, 1:].to(device)) for w in windows.split(batch_size)]}
+               "val": list(zip(x.split(batch_size), y.split(batch_size)))}
     losses = {}
     for split, pairs in batches.items():
         with ctx:
-            total = sum(model(x, y)[1].float() * len(x) for x, y in pairs)
-        losses[split] = total.item() / sum(len(x) for x, _ in pairs)
+            total = sum(model(x, y)[1].float() * (y >= 0).sum() for x, y in pairs)
+        losses[split] = total.item() / sum((y >= 0).sum().item() for _, y in pairs)
     model.train()
     return losses
 
@@ -183,18 +186,20 @@ def optimize(model, optimizers, scaler, loss, lr):
 
 def train(model, optimizers, scaler, ctx, data, run):
     """Steps run["step"] to max_iters: progress every log_interval steps; the losses and a checkpoint every
-    eval_interval steps and at the end. run is what the checkpoint keeps besides the model."""
+    eval_interval steps and at the end. run is what the checkpoint keeps besides the model and optimizers."""
     first, started, last = run["step"], time.time(), time.time()
     tokens, recent = 0, []
     for step in range(first, max_iters + 1):  # a resumed run has evaluated its first step already
         evaluating = (step % eval_interval == 0 or step == max_iters) and (step > first or not run["history"])
         if evaluating or (step % log_interval == 0 and step > first):
             now, line = time.time(), f"step {step}/{max_iters}"
+            if recent:  # the mean loss of the batches since the last line, for the loss picture too
+                run["progress"].append((step, torch.stack(recent).mean().item()))
             if evaluating:
                 losses, report = evaluate(model, data, ctx)
                 line += f" | {report}"
             else:
-                line += f" | loss {torch.stack(recent).mean().item():.4f}"  # the batches since the last line
+                line += f" | loss {run['progress'][-1][1]:.4f}"
             if step > first:
                 left = (now - started) / (step - first) * (max_iters - step)
                 speed = tokens / max(now - last, 1e-6)
@@ -214,19 +219,19 @@ def train(model, optimizers, scaler, ctx, data, run):
 
 # ------------------------------------------------------------------------------------------ sampling
 @torch.no_grad()
-def sample(model, encode, ctx):
-    """The prompt start= continued by max_new_tokens tokens, with dropout off: ids (1, T)."""
+def sample(model, encode):
+    """The prompt start= continued by max_new_tokens tokens, with dropout off, in float32 (no autocast: the
+    temperature and top_k work on exact logits): ids (1, T)."""
     model.eval()
     idx = torch.tensor([encode(start)], dtype=torch.long, device=device)  # (1, T)
-    with ctx:
-        return model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k or None)
+    return model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k or None)
 
 # ---------------------------------------------------------------------------------------------- main
 def main():
     given = configure(sys.argv)
     checkpoint = load_checkpoint(given) if resume or max_iters == 0 else None  # it sets the model's sizes
     ctx, scaler = set_up_device()
-    text = load_text(data_files(TEXTS[dataset])[0])
+    text = load_text(data_files(TEXTS[dataset])[0] if dataset in TEXTS else dataset)  # or one's own file
     train_text, val_text = split_text(text)
     vocab = "".join(sorted(set(text)))  # every character that occurs
     encode, decode = make_tokenizer(vocab)
@@ -244,11 +249,11 @@ def main():
     run = restore(checkpoint, model, optimizers, scaler, vocab)
     if max_iters > run["step"]:
         train(model, optimizers, scaler, ctx, data, run)
-        plot_losses(run["history"])
+        plot_losses(run)
     table = model.token_embedding.weight.detach().cpu().log_softmax(dim=-1)
     print(f"the trained table: train {score(table, data['train']):.4f} on every pair of the training text "
           f"(counting: {least:.4f}), val {score(table, data['val']):.4f}")
-    ids = sample(model, encode, ctx)
+    ids = sample(model, encode)
     print(f"--- sample, prompt {start!r}, temperature {temperature} ---\n{decode(ids[0].tolist())}")
 
 # ===================================================================================================
@@ -261,7 +266,8 @@ KEEP = ("device", "out_dir", "resume", "start", "max_new_tokens", "temperature",
 def setting_problems():
     return [message for ok, message in [
         (device in devices(), f"device={device!r} is not one of this machine's: {', '.join(devices())}"),
-        (dataset in TEXTS, f"dataset={dataset!r} is not one of {', '.join(TEXTS)}"),
+        (dataset in TEXTS or os.path.isfile(dataset),
+         f"dataset={dataset!r} is not one of {', '.join(TEXTS)}, nor the path of a text file"),
         (min(batch_size, block_size, eval_interval, eval_iters, log_interval) > 0,
          "batch_size, block_size, eval_iters and the intervals must be > 0"),
         (0 <= min_lr <= learning_rate and learning_rate > 0, "learning_rate must be > 0, min_lr in [0, it]"),
@@ -278,10 +284,11 @@ def devices():
 
 def check_prompt(unknown, data):
     if unknown:
-        die(f"the prompt start={start!r} has characters or tokens that never occur in {dataset}: "
-            f"{', '.join(map(repr, unknown))}")
-    if block_size >= len(data["val"]):
-        die(f"block_size={block_size} is longer than the validation text ({len(data['val'])} tokens)")
+        die(f"the prompt start={start!r} has characters that never occur in {dataset}: "
+            f"{', '.join(map(repr, unknown))}; set start= to a prompt of its characters")
+    if block_size >= min(len(data["train"]), len(data["val"])):
+        die(f"dataset={dataset} is too short for block_size={block_size}: {len(data['train']):,} tokens to "
+            f"train on, {len(data['val']):,} to validate on; each needs more than block_size")
 
 class Stopped(Exception):
     """A mistake, in a notebook: IPython shows what _render_traceback_ returns instead of a traceback."""
@@ -303,37 +310,41 @@ def clear_errors():
         yield
     except KeyboardInterrupt:
         where = "" if out_dir == "out" else f" out_dir={out_dir}"
-        die(f"interrupted; {checkpoint_path()} holds the last evaluation, if any: "
-            f"resume=true{where} goes on from it", 130)
+        die(f"interrupted; {checkpoint_path()} holds the last evaluation: resume=true{where} goes on from it"
+            if os.path.isfile(checkpoint_path()) else "interrupted; no checkpoint was written", 130)
     except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
         if "out of memory" not in str(e) and "can't allocate memory" not in str(e):
             raise
         die(f"out of memory on {device}: make batch_size, block_size or the model smaller")
 
 def configure(argv):
-    """Set the hyperparameters from name=value arguments and return the names set. In a notebook the
-    arguments are the kernel's own: there the settings are the lines above, and all count as set."""
+    """Set the hyperparameters from name=value arguments and return the names set: a device= first (it picks
+    its own sizes), then a lecture= preset, then the others, which win. In a notebook the arguments are the
+    kernel's own: there the settings are the lines above (and their preset), and all count as set."""
     notebook = "kernel_launcher" in os.path.basename(argv[0] if argv else "") or "__file__" not in globals()
     args, given = ([], set(SETTINGS)) if notebook else (argv[1:], set())
-    if {"-h", "--help"} & set(args):
-        print((globals().get("__doc__") or "").strip(), "\nSettings (name=value) and their defaults here:",
-              *(f"  {k}={globals()[k]!r}" for k in SETTINGS), sep="\n")
-        sys.exit(0)
     valid = "valid settings: " + " ".join(f"{k}={globals()[k]!r}" for k in SETTINGS)
-    for arg in args:
+    values = {}
+    for arg in (a for a in args if a not in ("-h", "--help")):
         name, eq, text = arg.lstrip("-").partition("=")
         if not eq or name not in SETTINGS:
             close = difflib.get_close_matches(name, SETTINGS, 1)
             die(f"unknown setting {arg!r}{f' (did you mean {close[0]}?)' if close else ''}; {valid}", 2)
         kind = type(globals()[name])
         try:
-            globals()[name] = {"true": True, "1": True, "false": False, "0": False}[text.lower()] \
+            values[name] = {"true": True, "1": True, "false": False, "0": False}[text.lower()] \
                 if kind is bool else kind(text)
         except (KeyError, ValueError):
             die(f"{name}={text!r} is not a valid {kind.__name__}; {valid}", 2)
-        if kind is float and not math.isfinite(globals()[name]):
+        if kind is float and not math.isfinite(values[name]):
             die(f"{name}={text!r} is not a finite number", 2)
-        given.add(name)
+    if "device" in values and "sizes" in globals():
+        sizes(values["device"])
+    preset = globals().get("LECTURE", {}).get(values.get("lecture", globals().get("lecture")), {})
+    globals().update({**preset, **values})
+    given |= set(preset) | set(values)
+    if {"-h", "--help"} & set(args):
+        print_help()
     checked_later = resume or max_iters == 0  # then with the checkpoint's settings, in load_checkpoint
     for problem in [] if checked_later else setting_problems()[:1]:
         die(problem, 2)
@@ -344,6 +355,16 @@ def configure(argv):
     if not writable or os.path.isdir(checkpoint_path()):
         die(f"out_dir={out_dir!r} is not a folder this script can write {SCRIPT}.pt in", 2)
     return given
+
+def print_help():
+    """The docstring, then every setting as it would be used, with its comment from this file; exit 0."""
+    with open(__file__, encoding="utf-8") as f:
+        notes = dict(reversed(re.findall(r"^ *(\w+) = .*?  # (.*)$", f.read(), re.M)))  # a name's first
+    print((globals().get("__doc__") or "").strip(), "\nSettings (name=value), as they would be used here:",
+          *(f"  {f'{k}={globals()[k]!r}':<26} {notes.get(k, '')}" for k in SETTINGS), sep="\n")
+    for name, preset in globals().get("LECTURE", {}).items():
+        print(f"lecture={name} sets " + " ".join(f"{k}={v}" for k, v in preset.items()))
+    sys.exit(0)
 
 def set_up_device():
     """Seed; on CUDA, TF32 and autocast: bf16 where the GPU has it in hardware (compute capability 8.0 and
@@ -409,6 +430,19 @@ def download(url, path, sha256):
         if os.path.isfile(part):
             os.remove(part)
 
+def read_text(path):
+    """A file's text, or one sentence: a file that cannot be read, is empty, binary or not UTF-8."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        die(f"{path} is not UTF-8 text (a binary file, or text saved in another encoding): save it as UTF-8")
+    except OSError as e:
+        die(f"could not read {path} ({e.strerror})")
+    if "\x00" in text or not text.strip():
+        die(f"{path} is {'a binary file, not text' if text.strip() else 'empty'}")
+    return text
+
 def read_atticus(path):
     """Cicero's letters from a Perseus TEI file, 'dateline\\nsalute\\nbody' each, a blank line between:
     the EpiDoc markup (<div subtype="letter">, <seg rend="dateline">) or the older hopper one (<div2>)."""
@@ -467,20 +501,25 @@ def restore(checkpoint, model, optimizers, scaler, vocab):
     """The run so far: a new one, or the checkpoint's, with the model (and, to resume, the optimizers, the
     gradient scaler and the random state) as they were when it was saved."""
     if checkpoint is None:
-        return {"vocab": vocab, "step": 0, "history": [], "best_val_loss": math.inf}
+        keep_previous()
+        return {"vocab": vocab, "step": 0, "history": [], "progress": [], "best_val_loss": math.inf}
     try:
         if checkpoint["vocab"] != vocab:
             raise ValueError("another vocabulary")
         model.load_state_dict(checkpoint["model"])
         if resume:
             for optimizer, state in zip(optimizers, checkpoint["optimizer"], strict=True):
-                optimizer.load_state_dict(state)
+                settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+                optimizer.load_state_dict(state)  # its state, and its saved settings, which this run replaces
+                for group, setting in zip(optimizer.param_groups, settings, strict=True):
+                    group.update(setting)
             if checkpoint["scaler"]:  # empty unless it was trained in fp16
                 scaler.load_state_dict(checkpoint["scaler"])
             torch.set_rng_state(checkpoint["rng"]["cpu"])
-            if device.startswith("cuda") and "cuda" in checkpoint["rng"]:
-                torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
-        run = {k: checkpoint[k] for k in ("vocab", "step", "history", "val_loss", "best_val_loss")}
+            if (kind := device.split(":")[0]) in checkpoint["rng"] and kind != "cpu":  # dropout on a GPU
+                getattr(torch, kind).set_rng_state(checkpoint["rng"][kind], device)
+        run = {k: checkpoint[k] for k in ("vocab", "step", "history", "progress", "val_loss",
+                                          "best_val_loss")}
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         unusable(e if isinstance(e, ValueError) else type(e).__name__)
     print(f"loaded {checkpoint_path()}: step {run['step']}, val {run['val_loss']:.4f}")
@@ -488,15 +527,33 @@ def restore(checkpoint, model, optimizers, scaler, vocab):
         print(f"max_iters={max_iters} is reached already: nothing to train; set max_iters= higher to go on")
     return run
 
+def keep_previous():
+    """A new run moves the checkpoint of the run before (unless it trained nothing) to out_dir/previous/, over
+    the one there: a run started by mistake costs no trained model."""
+    path, kept = checkpoint_path(), os.path.join(out_dir, "previous")
+    try:
+        step = torch.load(path, map_location="cpu", weights_only=True)["step"] if os.path.isfile(path) else 0
+    except Exception:  # not a checkpoint this script can read: kept all the same
+        step = "?"
+    if step != 0:
+        try:
+            os.makedirs(kept, exist_ok=True)
+            os.replace(path, os.path.join(kept, f"{SCRIPT}.pt"))
+        except OSError as e:
+            die(f"could not move {path} to {kept} ({e}); set out_dir= another folder")
+        print(f"the previous run's checkpoint (step {step}) is now {kept}/{SCRIPT}.pt: resume=true "
+              f"out_dir={kept} goes on from it")
+
 def save_checkpoint(model, optimizers, scaler, run, step, val_loss):
     """All an exact resume needs, to a temporary file then renamed: never half a checkpoint."""
+    path = checkpoint_path()
+    kept = f"{path} keeps the last evaluation" if os.path.isfile(path) else "no checkpoint was written"
     if not math.isfinite(val_loss):
-        die(f"the val loss is {val_loss} at step {step}: lower learning_rate (the last checkpoint is kept)")
+        die(f"the val loss is {val_loss} at step {step}: lower learning_rate ({kept})")
     run.update(step=step, val_loss=val_loss, best_val_loss=min(run["best_val_loss"], val_loss))
     rng = {"cpu": torch.get_rng_state()}  # the batches, and dropout on the CPU
-    if device.startswith("cuda"):
-        rng["cuda"] = torch.cuda.get_rng_state(device)
-    path = checkpoint_path()
+    if (kind := device.split(":")[0]) != "cpu":  # dropout on a GPU
+        rng[kind] = getattr(torch, kind).get_rng_state(device)
     try:
         os.makedirs(out_dir, exist_ok=True)
         torch.save({**run, "script": SCRIPT, "config": {k: globals()[k] for k in SETTINGS}, "rng": rng,
@@ -504,7 +561,7 @@ def save_checkpoint(model, optimizers, scaler, run, step, val_loss):
                     "scaler": scaler.state_dict()}, path + ".tmp")
         os.replace(path + ".tmp", path)
     except (OSError, RuntimeError) as e:  # a full disk, say
-        die(f"could not write {path} ({e}); the last checkpoint is kept")
+        die(f"could not write {path} ({e}); {kept}")
     finally:  # failed or interrupted: no half-written file left
         if os.path.isfile(path + ".tmp"):
             os.remove(path + ".tmp")
@@ -520,21 +577,28 @@ def figure(**kwargs):
     return Figure(**kwargs)
 
 def save_figure(fig, name):
+    """To out_dir/SCRIPT_NAME.png; in a notebook, shown in the cell too."""
     path = os.path.join(out_dir, f"{SCRIPT}_{name}.png")
     try:
         os.makedirs(out_dir, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")
         print(f"{name} picture saved to {path}")
     except OSError as e:
-        print(f"could not save {path} ({e})")
+        return print(f"could not save {path} ({e})")
+    if hasattr(getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)(), "kernel"):  # a notebook
+        from IPython.display import Image, display
+        display(Image(filename=path))
 
-def plot_losses(history):
+def plot_losses(run):
+    """The loss of the batches of every progress line, and the train and val loss of every evaluation."""
     fig = figure(figsize=(6, 4))
     if fig:
         ax = fig.subplots()
-        steps, train, val = zip(*history)
-        ax.plot(steps, train, label="train")
-        ax.plot(steps, val, label="val")
+        if run["progress"]:
+            ax.plot(*zip(*run["progress"]), color="C0", alpha=0.35, label="train, the last batches")
+        steps, train, val = zip(*run["history"])
+        ax.plot(steps, train, "o-", color="C0", label="train")
+        ax.plot(steps, val, "o-", color="C1", label="val")
         ax.set(xlabel="step", ylabel="loss (nats per token)")
         ax.set_title(f"{SCRIPT}.py " + " ".join(f"{k}={globals()[k]}" for k in MODEL_KEYS), fontsize=8)
         ax.legend()

@@ -17,11 +17,14 @@ that continues "Scr. Romae" with a dateline and Latin prose.
 """
 
 import builtins
+import collections
 import difflib
 import hashlib
+import heapq
 import json
 import math
 import os
+import re
 import sys
 import time
 import urllib.request
@@ -33,35 +36,50 @@ from torch.nn import functional as F
 
 # ----------------------------------------------------------------------------------- hyperparameters
 device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-dataset = "atticus"  # atticus | shakespeare
-encoding = "gpt2"  # a tiktoken encoding; gpt2 is built from data/gpt2/, the others need the network
-tokenizer = "tiktoken"  # tiktoken | scratch (GPT2Tokenizer below, encoding=gpt2 only: the same ids)
-compact_vocab = True  # embed only the token ids that occur in the text
-if device == "cuda":  # the lecture's model
-    batch_size = 64  # sequences per step
-    block_size = 256  # context length, in tokens
-    n_layer = 6  # Transformer blocks
-    n_head = 6  # attention heads per block; must divide n_embd
-    n_embd = 384  # width of the residual stream
-    dropout = 0.2  # on the embeddings and on what each block adds to the residual stream, 0 to <1
-    max_iters = 5000  # optimizer steps
-    eval_interval = 500  # steps between evaluations and checkpoints
-    eval_iters = 200  # train batches per loss estimate (val: the whole split)
-    learning_rate = 1e-3  # peak, after warm-up (Muon and AdamW alike)
-    min_lr = 1e-4  # reached at the last step by cosine decay
-else:  # a laptop (CPU, or an Apple GPU): a smaller model that ends in minutes
-    batch_size = 16
-    block_size = 64
-    n_layer = 4
-    n_head = 4
-    n_embd = 128
-    dropout = 0.0
-    max_iters = 1500
-    eval_interval = 500
-    eval_iters = 20
-    learning_rate = 3e-3
-    min_lr = 3e-4
-warmup_iters = 100  # steps of linear warm-up
+dataset = "atticus"  # atticus | shakespeare | the path of a UTF-8 text file of your own
+tokenizer = "tiktoken"  # tiktoken | scratch: GPT2Tokenizer below, the same ids | trained: one learned here
+encoding = "gpt2"  # tiktoken's encoding; gpt2 is built from data/gpt2/, the others need the network
+vocab_size = 2048  # tokenizer=trained: the 256 bytes and vocab_size - 256 merges learned from the text
+compact_vocab = True  # embed only the token ids of the training text, and the 256 bytes
+
+def sizes(device):
+    """The lecture's model on a CUDA GPU; on a laptop (CPU, or an Apple GPU) a smaller one that ends in
+    minutes. Run for the device above, and again for a device= given on the command line."""
+    global batch_size, block_size, n_layer, n_head, n_embd, dropout, max_iters, eval_interval, eval_iters
+    global learning_rate, min_lr
+    if device.startswith("cuda"):  # the lecture's model
+        batch_size = 64  # sequences per step
+        block_size = 256  # context length, in tokens
+        n_layer = 6  # Transformer blocks
+        n_head = 6  # attention heads per block; must divide n_embd
+        n_embd = 384  # width of the residual stream
+        dropout = 0.2  # on the embeddings and on what each block adds to the residual stream, 0 to <1
+        max_iters = 5000  # optimizer steps
+        eval_interval = 500  # steps between evaluations and checkpoints
+        eval_iters = 200  # train batches per loss estimate (val: the whole split)
+        learning_rate = 1e-3  # peak, after warm-up (Muon and AdamW alike)
+        min_lr = 1e-4  # reached at the last step by cosine decay; = learning_rate: constant
+    else:  # a laptop: a smaller model that ends in minutes
+        batch_size = 16
+        block_size = 64
+        n_layer = 4
+        n_head = 4
+        n_embd = 128
+        dropout = 0.0
+        max_iters = 1500
+        eval_interval = 500
+        eval_iters = 20
+        learning_rate = 3e-3
+        min_lr = 3e-4
+
+sizes(device)
+mlp = True  # each block's feed-forward layer, the "computation" after the attention's "communication"
+residual = True  # each block adds to its input (x = x + f(x)); false: replaces it (x = f(x))
+layernorm = True  # the norms before attention and MLP, and the final one
+init = "gpt2"  # gpt2: GPT-2's small weights | pytorch: PyTorch's defaults, which the lecture's rungs had
+optimizer = "muon"  # muon: Muon for the blocks' matrices, AdamW for the rest | adamw: AdamW for all
+beta2 = 0.99  # AdamW's decay of its mean squared gradient (PyTorch's default, the lecture's: 0.999)
+warmup_iters = 100  # steps of linear warm-up; 0 = none
 weight_decay = 0.1  # on matrices only
 grad_clip = 1.0  # clip the gradient norm to this; 0 = off
 log_interval = 50  # steps between progress lines
@@ -73,19 +91,19 @@ max_new_tokens = 200  # length of the sample, in tokens
 temperature = 0.8  # < 1 sharper, > 1 wilder; 0 = always the likeliest
 top_k = 0  # sample among the k likeliest only; 0 = all
 # the names above: each can be set as name=value
-SETTINGS = ("device dataset encoding tokenizer compact_vocab batch_size block_size n_layer n_head n_embd "
-            "dropout max_iters eval_interval eval_iters learning_rate min_lr warmup_iters weight_decay "
-            "grad_clip log_interval seed out_dir resume start max_new_tokens temperature top_k").split()
+SETTINGS = ("device dataset tokenizer encoding vocab_size compact_vocab batch_size block_size n_layer "
+            "n_head n_embd dropout max_iters eval_interval eval_iters learning_rate min_lr mlp residual "
+            "layernorm init optimizer beta2 warmup_iters weight_decay grad_clip log_interval seed out_dir "
+            "resume start max_new_tokens temperature top_k").split()
 
 # ---------------------------------------------------------------------------------------------- data
-TEXTS = {"shakespeare": "tinyshakespeare.txt", "atticus": "atticus.xml"}  # dataset -> file in data/
+TEXTS = {"shakespeare": "tinyshakespeare.txt", "atticus": "atticus.xml"}  # dataset -> its file in data/
 
 def load_text(path):
-    """A text file as it is; Cicero's letters read out of their TEI XML (read_atticus, after main)."""
-    if path.endswith(".xml"):
-        return read_atticus(path)
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+    """Cicero's letters read out of their TEI XML (read_atticus, after main); any other file as it is
+    (read_text, after main, which stops with one sentence at a file that is not UTF-8 text)."""
+    shipped = os.path.abspath(path) == os.path.abspath(os.path.join(DATA_DIR, TEXTS["atticus"]))
+    return read_atticus(path) if shipped else read_text(path)
 
 def split_text(text):
     """The first 90 % of the characters to learn from, the rest to check on: the same cut in every step."""
@@ -108,52 +126,42 @@ def bytes_to_unicode():
     return {**{b: chr(b) for b in keep}, **{b: chr(256 + n) for n, b in enumerate(moved)}}
 
 class GPT2Tokenizer:
-    """GPT-2's byte-level BPE from its two files, written out; the same ids as tiktoken's "gpt2".
+    """A byte-level BPE, written out: GPT-2's from its two files (read_gpt2), with the same ids as tiktoken's
+    "gpt2" and the same methods, or one learned here (train_bpe, then learned_bpe).
 
-    >>> tok = GPT2Tokenizer("data/gpt2/encoder.json", "data/gpt2/vocab.bpe")
+    >>> tok = GPT2Tokenizer(*read_gpt2("data/gpt2/encoder.json", "data/gpt2/vocab.bpe"))
     >>> tok.encode("Hello world")  # "Hello" and "Ġworld" are each one piece of encoder.json
     [15496, 995]
     """
 
-    def __init__(self, encoder_json_path, vocab_bpe_path):
-        try:
-            import regex  # re with \p{L} (any letter) and \p{N} (any number); tiktoken depends on it
-        except ImportError:
-            die("tokenizer=scratch needs the regex module: pip install regex")
-        with open(encoder_json_path, encoding="utf-8") as f:
-            self.encoder = json.load(f)  # piece -> id, 50,257 of them
-        with open(vocab_bpe_path, encoding="utf-8") as f:
-            merges = f.read().splitlines()[1:]  # after a version line, "Ġ t" means: join "Ġ" and "t"
-        self.ranks = {tuple(merge.split()): rank for rank, merge in enumerate(merges) if merge}
-        self.decoder = {i: piece for piece, i in self.encoder.items()}
+    def __init__(self, pieces, merges):
+        """pieces: the printable text of each id (id 0 first); merges: (left, right) pairs of pieces, the
+        pair to merge first first."""
+        self.pieces, self.n_vocab = pieces, len(pieces)
+        self.encoder = {}  # piece -> id: the first id of a piece that two merges make alike
+        for i, piece in enumerate(pieces):
+            self.encoder.setdefault(piece, i)
+        self.ranks = {tuple(merge): rank for rank, merge in enumerate(merges)}
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
-        self.split = regex.compile(GPT2_SPLIT)
-        self.eot = self.encoder["<|endoftext|>"]  # 50256: GPT-2's end of text, never a piece of a word
+        self.split = regex_module().compile(GPT2_SPLIT)  # after main
+        self.eot = self.encoder.get("<|endoftext|>")  # 50256 in GPT-2: its end of text, never part of a word
         self.cache = {}  # word -> ids: a text repeats its words, each is merged once
 
     def bpe(self, word):
-        """Merge the adjacent pair that vocab.bpe ranks first, everywhere, until no pair has a rank."""
+        """Merge the adjacent pair that ranks first, everywhere, until no pair has a rank."""
         parts = list(word)  # "ĠRomae" -> ["Ġ", "R", "o", "m", "a", "e"]
         while len(parts) > 1:
             pair = min(zip(parts, parts[1:]), key=lambda p: self.ranks.get(p, math.inf))
             if pair not in self.ranks:
                 break
-            merged, i = [], 0
-            while i < len(parts):
-                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == pair:
-                    merged.append(parts[i] + parts[i + 1])
-                    i += 2
-                else:
-                    merged.append(parts[i])
-                    i += 1
-            parts = merged
-        return parts  # ["ĠRom", "ae"]
+            parts = merge(parts, pair)
+        return parts  # ["ĠRom", "ae"] with GPT-2's merges
 
     def encode(self, text, allowed_special=()):
-        """Text -> GPT-2 ids. "<|endoftext|>" is ordinary text (as in GPT-2, and tiktoken's encode_ordinary)
+        """Text -> ids. "<|endoftext|>" is ordinary text (as in GPT-2, and tiktoken's encode_ordinary)
         unless allowed_special is "all" or holds it: then it is id 50256."""
-        special = allowed_special == "all" or "<|endoftext|>" in allowed_special
+        special = self.eot is not None and (allowed_special == "all" or "<|endoftext|>" in allowed_special)
         ids = []
         for n, chunk in enumerate(text.split("<|endoftext|>") if special else [text]):
             if n:
@@ -165,29 +173,115 @@ class GPT2Tokenizer:
                 ids.extend(self.cache[word])
         return ids
 
+    def encode_ordinary(self, text):
+        return self.encode(text)
+
+    def decode_single_token_bytes(self, i):
+        return bytes(self.byte_decoder[c] for c in self.pieces[i])
+
+    def encode_single_token(self, piece):
+        return self.encoder["".join(self.byte_encoder[b] for b in piece)]
+
     def decode(self, ids):
-        """GPT-2 ids -> text; bytes that are not whole UTF-8 characters become U+FFFD, as in tiktoken."""
-        data = bytes(self.byte_decoder[c] for i in ids for c in self.decoder[i])
-        return data.decode("utf-8", errors="replace")
+        """Ids -> text; bytes that are not whole UTF-8 characters become U+FFFD, as in tiktoken."""
+        return b"".join(map(self.decode_single_token_bytes, ids)).decode("utf-8", errors="replace")
 
-def load_bpe(encoder_json, vocab_bpe):
-    """(encode, decode, number of ids) of the BPE that tokenizer= and encoding= choose."""
+def read_gpt2(encoder_json, vocab_bpe):
+    """GPT-2's pieces (encoder.json: piece -> id, 50,257 of them) and merges (vocab.bpe: most frequent
+    first)."""
+    with open(encoder_json, encoding="utf-8") as f:
+        pieces = sorted(json.load(f).items(), key=lambda item: item[1])
+    with open(vocab_bpe, encoding="utf-8") as f:
+        merges = f.read().splitlines()[1:]  # after a version line, "Ġ t" means: join "Ġ" and "t"
+    return [piece for piece, _ in pieces], [merge.split() for merge in merges if merge]
+
+def merge(parts, pair):
+    """parts with each two adjacent parts that equal pair joined into one, left to right: aaa -> aa, a."""
+    merged, i = [], 0
+    while i < len(parts):
+        if i + 1 < len(parts) and (parts[i], parts[i + 1]) == pair:
+            merged.append(parts[i] + parts[i + 1])
+            i += 2
+        else:
+            merged.append(parts[i])
+            i += 1
+    return merged
+
+def train_bpe(text, vocab_size):
+    """The merges of a byte-level BPE of vocab_size ids (the 256 bytes, then one a merge), learned from text:
+    (left, right) pairs of bytes, in the order learned. Each joins the adjacent pair that occurs most often
+    in the words of GPT2_SPLIT at that moment, counted at every position ("aaa" holds "aa" twice), never
+    across two words; a tie goes to the pair that comes first in byte order. Each distinct word is counted
+    once, times its frequency, and a merge recounts only the words that hold its pair.
+
+    >>> train_bpe("aaabdaaabac", 259)  # aa 4 times; then (a, b) and (aa, a) twice each: (a, b) sorts first
+    [(b'a', b'a'), (b'a', b'b'), (b'aa', b'ab')]
+    """
+    counted = collections.Counter(regex_module().findall(GPT2_SPLIT, text))
+    words = [[bytes([b]) for b in word.encode("utf-8")] for word in counted]  # each a list of tokens
+    frequency = list(counted.values())
+    pairs, where = collections.Counter(), collections.defaultdict(set)  # pair -> count; -> the words with it
+    for w, word in enumerate(words):
+        for pair in zip(word, word[1:]):
+            pairs[pair] += frequency[w]
+            where[pair].add(w)
+    heap = [(-n, *pair) for pair, n in pairs.items()]  # the most frequent first, then in byte order
+    heapq.heapify(heap)
+    merges = []
+    while len(merges) < vocab_size - 256 and heap:
+        n, left, right = heapq.heappop(heap)
+        if n == 0 or pairs[left, right] != -n:  # an old count: the pair's newer one is in the heap too
+            continue
+        merges.append((left, right))
+        changed = set()
+        for w in where.pop((left, right)):
+            old, words[w] = words[w], merge(words[w], (left, right))
+            delta = collections.Counter(zip(words[w], words[w][1:]))
+            delta.subtract(zip(old, old[1:]))
+            for pair, d in delta.items():
+                pairs[pair] += d * frequency[w]
+                changed.add(pair)
+                if d > 0:
+                    where[pair].add(w)
+        for pair in changed:
+            heapq.heappush(heap, (-pairs[pair], *pair))
+    return merges
+
+def learned_bpe(merges):
+    """A GPT2Tokenizer of merges that train_bpe learned: ids 0-255 are the bytes, then one id a merge."""
+    show = bytes_to_unicode()
+    piece = lambda token: "".join(show[b] for b in token)  # noqa: E731  bytes -> printable, as GPT-2 writes
+    pieces = [piece(bytes([b])) for b in range(256)] + [piece(left + right) for left, right in merges]
+    return GPT2Tokenizer(pieces, [(piece(left), piece(right)) for left, right in merges])
+
+def load_bpe(encoder_json, vocab_bpe, merges):
+    """The BPE that tokenizer= chooses: tiktoken's, GPT2Tokenizer with GPT-2's files, or with the merges
+    learned here. All three have the same methods (encode_ordinary, decode, ...)."""
+    if tokenizer == "trained":
+        return learned_bpe(merges)
     if tokenizer == "scratch":
-        bpe = GPT2Tokenizer(encoder_json, vocab_bpe)
-        return bpe.encode, bpe.decode, len(bpe.encoder)
-    enc = tiktoken_encoding(encoding, encoder_json)  # after main
-    return enc.encode_ordinary, enc.decode, enc.n_vocab
+        return GPT2Tokenizer(*read_gpt2(encoder_json, vocab_bpe))
+    return tiktoken_encoding(encoding, encoder_json)  # after main
 
-def make_tokenizer(vocab, bpe_encode, bpe_decode):
-    """Text <-> the model's ids: vocab lists the BPE ids the model knows, and a model id is a place in it."""
+def make_tokenizer(vocab, bpe):
+    """Text <-> the model's ids: vocab lists the BPE ids the model knows, and a model id is a place in it.
+    A BPE id it does not know (the training text never has it) is spelled in its bytes, each of which is
+    an id of every byte-level BPE: every text has model ids, and a rare token costs what its bytes cost."""
     index = {t: i for i, t in enumerate(vocab)}
-    encode = lambda s: [index[t] for t in bpe_encode(s)]  # noqa: E731  string -> list of ints
-    decode = lambda ids: bpe_decode([vocab[i] for i in ids])  # noqa: E731  list of ints -> string
+
+    def spell(t):  # a BPE id -> the model ids of its bytes
+        return [index[bpe.encode_single_token(bytes([b]))] for b in bpe.decode_single_token_bytes(t)]
+
+    def encode(s):  # string -> list of ints
+        return [i for t in bpe.encode_ordinary(s) for i in ([index[t]] if t in index else spell(t))]
+
+    decode = lambda ids: bpe.decode([vocab[i] for i in ids])  # noqa: E731  list of ints -> string
     return encode, decode
 
 # --------------------------------------------------------------------------------------------- model
 class CausalSelfAttention(nn.Module):
-    """All heads at once: one projection makes every head's query, key and value."""
+    """All heads at once: one projection makes every head's query, key and value (the lecture's Head makes
+    one head's, and MultiHeadAttention runs n_head of them one after the other)."""
 
     def __init__(self, n_embd, n_head, dropout):
         super().__init__()
@@ -195,18 +289,18 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(n_embd, 3 * n_embd)
         self.proj = nn.Linear(n_embd, n_embd)
         self.dropout = nn.Dropout(dropout)
-        self.keep_weights = False  # True: the explicit path, which keeps the attention in .weights
+        self.keep_weights = False  # True: the explicit path, which keeps the attention weights in .wei
 
     def forward(self, x):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
         hs = C // self.n_head  # head size
         q, k, v = (t.view(B, T, self.n_head, hs).transpose(1, 2) for t in (q, k, v))  # each (B, nh, T, hs)
-        if self.keep_weights:
-            att = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, T), scaled by 1/sqrt(head size)
-            future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
-            self.weights = att.masked_fill(future, float("-inf")).softmax(dim=-1)  # no token sees the future
-            y = self.weights @ v  # (B, nh, T, hs)
+        if self.keep_weights:  # the lecture's formula, for every head at once
+            wei = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, T): affinities, scaled by 1/sqrt(hs)
+            tril = torch.tril(torch.ones(T, T, device=x.device))
+            self.wei = wei.masked_fill(tril == 0, float("-inf")).softmax(dim=-1)  # no token sees the future
+            y = self.wei @ v  # (B, nh, T, hs)
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # the same, fused, never forms (T, T)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
@@ -224,32 +318,38 @@ class MLP(nn.Module):
         return self.dropout(self.proj(h))  # (B, T, C)
 
 class Block(nn.Module):
-    """Communication (attention) then computation (MLP), each pre-norm on a residual path."""
+    """Communication (attention) then computation (MLP), each pre-norm on a residual path. Each switch off
+    takes one idea away, as the lecture's model was before it had it."""
 
-    def __init__(self, n_embd, n_head, dropout):
+    def __init__(self, n_embd, n_head, dropout, mlp=True, residual=True, layernorm=True):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(n_embd)
+        self.ln_1 = nn.LayerNorm(n_embd) if layernorm else nn.Identity()
         self.attn = CausalSelfAttention(n_embd, n_head, dropout)
-        self.ln_2 = nn.LayerNorm(n_embd)
-        self.mlp = MLP(n_embd, dropout)
+        self.ln_2 = nn.LayerNorm(n_embd) if layernorm and mlp else nn.Identity()
+        self.mlp = MLP(n_embd, dropout) if mlp else None
+        self.residual = residual  # False: each part replaces x instead of adding to it
 
     def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+        x = (x if self.residual else 0) + self.attn(self.ln_1(x))
+        if self.mlp:
+            x = (x if self.residual else 0) + self.mlp(self.ln_2(x))
+        return x
 
 class GPT(nn.Module):
-    def __init__(self, vocab_size, block_size, n_embd, n_head, n_layer, dropout):
+    def __init__(self, vocab_size, block_size, n_embd, n_head, n_layer, dropout, mlp=True, residual=True,
+                 layernorm=True, init="gpt2"):
         super().__init__()
         self.block_size = block_size
         self.token_embedding = nn.Embedding(vocab_size, n_embd)
         self.position_embedding = nn.Embedding(block_size, n_embd)
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.Sequential(*[Block(n_embd, n_head, dropout) for _ in range(n_layer)])
-        self.ln_f = nn.LayerNorm(n_embd)
+        self.blocks = nn.Sequential(*[Block(n_embd, n_head, dropout, mlp, residual, layernorm)
+                                      for _ in range(n_layer)])
+        self.ln_f = nn.LayerNorm(n_embd) if layernorm else nn.Identity()
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.token_embedding.weight  # tied, as in GPT-2: one matrix reads and writes
-        for name, p in self.named_parameters():  # GPT-2's initialisation
-            if name.endswith("bias"):
+        for name, p in self.named_parameters() if init == "gpt2" else []:  # else PyTorch's defaults stay
+            if name.endswith("bias"):  # GPT-2's initialisation
                 nn.init.zeros_(p)
             elif p.dim() == 2:  # residual projections shrunk, so that the residual stream keeps its scale
                 std = 0.02 / math.sqrt(2 * n_layer) if name.endswith("proj.weight") else 0.02
@@ -269,7 +369,7 @@ class GPT(nn.Module):
         """Extend idx (B, T) by max_new_tokens tokens, each fed back in; temperature 0 is greedy."""
         for _ in range(max_new_tokens):
             logits, _ = self(idx[:, -self.block_size:])  # crop the context to what the model knows
-            logits = logits[:, -1, :]  # (B, vocab_size): the last position predicts the next token
+            logits = logits[:, -1, :].float()  # (B, vocab_size): the last position, in float32 under autocast
             if temperature == 0:
                 idx_next = logits.argmax(dim=-1, keepdim=True)
             else:
@@ -319,15 +419,16 @@ class Muon(torch.optim.Optimizer):
                     p.add_(u, alpha=-group["lr"] * 0.2 * max(shape) ** 0.5)
 
 def make_optimizers(model):
-    """Muon for the matrices inside the blocks; AdamW for the rest, with weight decay on matrices only.
-    (The lecture uses AdamW alone: README.md says why these two.)"""
+    """optimizer=muon: Muon for the matrices inside the blocks, AdamW for the rest (README.md says why);
+    optimizer=adamw: AdamW for every parameter, as the lecture. Weight decay on matrices only."""
     in_blocks = [p for name, p in model.named_parameters() if name.startswith("blocks.") and p.dim() == 2]
-    matrices = [p for name, p in model.named_parameters() if not name.startswith("blocks.") and p.dim() == 2]
+    muon = in_blocks if optimizer == "muon" else []
+    matrices = [p for p in model.parameters() if p.dim() == 2 and all(p is not m for m in muon)]
     others = [p for p in model.parameters() if p.dim() < 2]  # biases and norms
     groups = [{"params": matrices, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}]
     fused = not device.startswith("mps")  # one kernel for the whole update, on CUDA and the CPU
-    return [Muon(in_blocks, lr=learning_rate, weight_decay=weight_decay),
-            torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.99), fused=fused)]
+    adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, beta2), fused=fused)
+    return [Muon(muon, lr=learning_rate, weight_decay=weight_decay), adamw] if muon else [adamw]
 
 # ------------------------------------------------------------------------------------------ training
 def get_batch(data, generator=None):
@@ -338,19 +439,22 @@ def get_batch(data, generator=None):
 
 @torch.no_grad()
 def estimate_loss(model, data, ctx):
-    """Mean loss per token: of the whole val split (in windows of block_size, each token once), and of
-    eval_iters random batches of the much longer train split (the same batches at every call)."""
+    """Mean loss per token: of every token of the val split once (in windows of block_size, the first read
+    after the last training token), and of eval_iters random batches of the much longer train split (the
+    same batches at every call)."""
     model.eval()
-    n = (len(data["val"]) - 1) // block_size  # whole windows; the last few tokens are left out
-    windows = data["val"][: n * block_size + 1].unfold(0, block_size + 1, block_size)  # (n, T+1)
+    stream = torch.cat([data["train"][-1:], data["val"]])  # every val token a target once: stream[1:]
+    pad = -(len(stream) - 1) % block_size  # the last window filled up with targets -1, which do not count
+    x = F.pad(stream[:-1], (0, pad)).view(-1, block_size).to(device)  # (n, T)
+    y = F.pad(stream[1:], (0, pad), value=-1).view(-1, block_size).to(device)  # (n, T)
     generator = torch.Generator().manual_seed(seed)
     batches = {"train": [get_batch(data["train"], generator) for _ in range(eval_iters)],
-               "val": [(w[:, :-1].to(device), w[:, 1:].to(device)) for w in windows.split(batch_size)]}
+               "val": list(zip(x.split(batch_size), y.split(batch_size)))}
     losses = {}
     for split, pairs in batches.items():
         with ctx:
-            total = sum(model(x, y)[1].float() * len(x) for x, y in pairs)
-        losses[split] = total.item() / sum(len(x) for x, _ in pairs)
+            total = sum(model(x, y)[1].float() * (y >= 0).sum() for x, y in pairs)
+        losses[split] = total.item() / sum((y >= 0).sum().item() for _, y in pairs)
     model.train()
     return losses
 
@@ -384,18 +488,20 @@ def optimize(model, optimizers, scaler, loss, lr):
 
 def train(model, optimizers, scaler, ctx, data, run):
     """Steps run["step"] to max_iters: progress every log_interval steps; the losses and a checkpoint every
-    eval_interval steps and at the end. run is what the checkpoint keeps besides the model."""
+    eval_interval steps and at the end. run is what the checkpoint keeps besides the model and optimizers."""
     first, started, last = run["step"], time.time(), time.time()
     tokens, recent = 0, []
     for step in range(first, max_iters + 1):  # a resumed run has evaluated its first step already
         evaluating = (step % eval_interval == 0 or step == max_iters) and (step > first or not run["history"])
         if evaluating or (step % log_interval == 0 and step > first):
             now, line = time.time(), f"step {step}/{max_iters}"
+            if recent:  # the mean loss of the batches since the last line, for the loss picture too
+                run["progress"].append((step, torch.stack(recent).mean().item()))
             if evaluating:
                 losses, report = evaluate(model, data, ctx)
                 line += f" | {report}"
             else:
-                line += f" | loss {torch.stack(recent).mean().item():.4f}"  # the batches since the last line
+                line += f" | loss {run['progress'][-1][1]:.4f}"
             if step > first:
                 left = (now - started) / (step - first) * (max_iters - step)
                 speed = tokens / max(now - last, 1e-6)
@@ -415,54 +521,67 @@ def train(model, optimizers, scaler, ctx, data, run):
 
 # ------------------------------------------------------------------------------------------ sampling
 @torch.no_grad()
-def sample(model, encode, ctx):
-    """The prompt start= continued by max_new_tokens tokens, with dropout off: ids (1, T)."""
+def sample(model, encode):
+    """The prompt start= continued by max_new_tokens tokens, with dropout off, in float32 (no autocast: the
+    temperature and top_k work on exact logits): ids (1, T)."""
     model.eval()
     idx = torch.tensor([encode(start)], dtype=torch.long, device=device)  # (1, T)
-    with ctx:
-        return model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k or None)
+    return model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k or None)
 
 # ---------------------------------------------------------------------------------------------- main
 def main():
     given = configure(sys.argv)
     checkpoint = load_checkpoint(given) if resume or max_iters == 0 else None  # it sets the model's sizes
     ctx, scaler = set_up_device()
-    text_file, encoder_json, vocab_bpe = data_files(TEXTS[dataset], "gpt2/encoder.json", "gpt2/vocab.bpe")
-    bpe_encode, bpe_decode, n_ids = load_bpe(encoder_json, vocab_bpe)
-    text = load_text(text_file)
+    named = [TEXTS[dataset]] if dataset in TEXTS else []  # else a file of one's own, read as it is
+    *text_file, encoder_json, vocab_bpe = data_files(*named, "gpt2/encoder.json", "gpt2/vocab.bpe")
+    text = load_text(text_file[0] if text_file else dataset)
     train_text, val_text = split_text(text)
-    ids = {"train": torch.tensor(bpe_encode(train_text)), "val": torch.tensor(bpe_encode(val_text))}  # GPT-2
-    vocab = torch.cat(list(ids.values())).unique().tolist() if compact_vocab else list(range(n_ids))
-    encode, decode = make_tokenizer(vocab, bpe_encode, bpe_decode)
-    data = {split: torch.searchsorted(torch.tensor(vocab), t) for split, t in ids.items()}  # as encode() does
-    data["val_characters"] = len(val_text)
-    check_prompt([bpe_decode([t]) for t in sorted(set(bpe_encode(start)) - set(vocab))], data)
-    model = GPT(len(vocab), block_size, n_embd, n_head, n_layer, dropout).to(device)
-    optimizers = make_optimizers(model)
+    merges = checkpoint["vocab"]["merges"] if checkpoint else []
+    if tokenizer == "trained" and not checkpoint:  # from the training text alone
+        started = time.time()
+        merges = train_bpe(train_text, vocab_size)
+        print(f"{SCRIPT}: {len(merges):,} merges learned from the training text in "
+              f"{time.time() - started:.1f} s")
+    bpe = load_bpe(encoder_json, vocab_bpe, merges)
+    known = set(bpe.encode_ordinary(train_text)) | {bpe.encode_single_token(bytes([b])) for b in range(256)}
+    ids = sorted(known) if compact_vocab else list(range(bpe.n_vocab))  # the BPE ids the model knows
+    encode, decode = make_tokenizer(ids, bpe)
+    data = {"train": torch.tensor(encode(train_text)), "val": torch.tensor(encode(val_text)),
+            "val_characters": len(val_text)}
+    check_prompt([], data)  # any prompt has ids: the bytes of a token never trained on
+    model = GPT(len(ids), block_size, n_embd, n_head, n_layer, dropout, mlp, residual, layernorm, init)
+    optimizers = make_optimizers(model.to(device))
+    tokens = len(data["train"]) + len(data["val"])
     print(f"{SCRIPT}: device {device} | {sum(p.numel() for p in model.parameters()):,} parameters | "
-          f"{dataset}: {len(text):,} characters, {len(data['train']) + len(data['val']):,} tokens, "
-          f"vocabulary {len(vocab)} | val {len(val_text):,} characters")
+          f"{dataset}: {len(text):,} characters, {tokens:,} tokens of {tokenizer} ({len(text) / tokens:.2f} "
+          f"characters a token), vocabulary {len(ids)} | val {len(val_text):,} characters")
+    vocab = {"ids": ids, "merges": merges}  # what decoding needs, in the checkpoint
     run = restore(checkpoint, model, optimizers, scaler, vocab)
     if max_iters > run["step"]:
         train(model, optimizers, scaler, ctx, data, run)
-        plot_losses(run["history"])
-    out = sample(model, encode, ctx)
+        plot_losses(run)
+    out = sample(model, encode)
     print(f"--- sample, prompt {start!r}, temperature {temperature} ---\n{decode(out[0].tolist())}")
 
 # ===================================================================================================
 # Plumbing, the same in every script: settings, errors, device, data files, checkpoints, pictures.
 # ===================================================================================================
 SCRIPT = "gpt_bpe"
-MODEL_KEYS = ("dataset", "encoding", "compact_vocab", "block_size", "n_embd", "n_head", "n_layer")  # a model
+MODEL_KEYS = ("dataset", "tokenizer", "encoding", "vocab_size", "compact_vocab", "block_size", "n_embd",
+              "n_head", "n_layer", "mlp", "residual", "layernorm", "optimizer")  # a checkpoint's model
 KEEP = ("device", "out_dir", "resume", "start", "max_new_tokens", "temperature", "top_k")  # never from it
 
 def setting_problems():
     return [message for ok, message in [
         (device in devices(), f"device={device!r} is not one of this machine's: {', '.join(devices())}"),
-        (dataset in TEXTS, f"dataset={dataset!r} is not one of {', '.join(TEXTS)}"),
-        (tokenizer in ("tiktoken", "scratch"), f"tokenizer={tokenizer!r} is not tiktoken or scratch"),
-        (tokenizer == "tiktoken" or encoding == "gpt2",
+        (dataset in TEXTS or os.path.isfile(dataset),
+         f"dataset={dataset!r} is not one of {', '.join(TEXTS)}, nor the path of a text file"),
+        (tokenizer in ("tiktoken", "scratch", "trained"),
+         f"tokenizer={tokenizer!r} is not tiktoken, scratch or trained"),
+        (tokenizer != "scratch" or encoding == "gpt2",
          "tokenizer=scratch is GPT-2's BPE: it needs encoding=gpt2"),
+        (vocab_size >= 256, f"vocab_size={vocab_size} is less than the 256 bytes"),
         (min(batch_size, block_size, n_layer, n_head, n_embd, eval_interval, eval_iters, log_interval) > 0,
          "batch_size, block_size, n_layer, n_head, n_embd, eval_iters and the intervals must be > 0"),
         (n_embd % n_head == 0, f"n_embd={n_embd} is not divisible by n_head={n_head}"),
@@ -470,6 +589,8 @@ def setting_problems():
         (0 <= min_lr <= learning_rate and learning_rate > 0, "learning_rate must be > 0, min_lr in [0, it]"),
         (min(max_iters, max_new_tokens, top_k, temperature, warmup_iters, grad_clip) >= 0,
          "max_iters, max_new_tokens, top_k, temperature, warmup_iters and grad_clip must be >= 0"),
+        (optimizer in ("muon", "adamw") and init in ("gpt2", "pytorch") and 0 <= beta2 < 1,
+         f"optimizer={optimizer!r} init={init!r} beta2={beta2}: muon or adamw, gpt2 or pytorch, in [0, 1)"),
         (start != "", "the prompt start= must not be empty"),
         (0 <= seed < 2**63, f"seed={seed} is not in [0, 2**63)"),
     ] if not ok]
@@ -481,10 +602,11 @@ def devices():
 
 def check_prompt(unknown, data):
     if unknown:
-        die(f"the prompt start={start!r} has characters or tokens that never occur in {dataset}: "
-            f"{', '.join(map(repr, unknown))}")
-    if block_size >= len(data["val"]):
-        die(f"block_size={block_size} is longer than the validation text ({len(data['val'])} tokens)")
+        die(f"the prompt start={start!r} has characters that never occur in {dataset}: "
+            f"{', '.join(map(repr, unknown))}; set start= to a prompt of its characters")
+    if block_size >= min(len(data["train"]), len(data["val"])):
+        die(f"dataset={dataset} is too short for block_size={block_size}: {len(data['train']):,} tokens to "
+            f"train on, {len(data['val']):,} to validate on; each needs more than block_size")
 
 class Stopped(Exception):
     """A mistake, in a notebook: IPython shows what _render_traceback_ returns instead of a traceback."""
@@ -506,37 +628,41 @@ def clear_errors():
         yield
     except KeyboardInterrupt:
         where = "" if out_dir == "out" else f" out_dir={out_dir}"
-        die(f"interrupted; {checkpoint_path()} holds the last evaluation, if any: "
-            f"resume=true{where} goes on from it", 130)
+        die(f"interrupted; {checkpoint_path()} holds the last evaluation: resume=true{where} goes on from it"
+            if os.path.isfile(checkpoint_path()) else "interrupted; no checkpoint was written", 130)
     except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
         if "out of memory" not in str(e) and "can't allocate memory" not in str(e):
             raise
         die(f"out of memory on {device}: make batch_size, block_size or the model smaller")
 
 def configure(argv):
-    """Set the hyperparameters from name=value arguments and return the names set. In a notebook the
-    arguments are the kernel's own: there the settings are the lines above, and all count as set."""
+    """Set the hyperparameters from name=value arguments and return the names set: a device= first (it picks
+    its own sizes), then a lecture= preset, then the others, which win. In a notebook the arguments are the
+    kernel's own: there the settings are the lines above (and their preset), and all count as set."""
     notebook = "kernel_launcher" in os.path.basename(argv[0] if argv else "") or "__file__" not in globals()
     args, given = ([], set(SETTINGS)) if notebook else (argv[1:], set())
-    if {"-h", "--help"} & set(args):
-        print((globals().get("__doc__") or "").strip(), "\nSettings (name=value) and their defaults here:",
-              *(f"  {k}={globals()[k]!r}" for k in SETTINGS), sep="\n")
-        sys.exit(0)
     valid = "valid settings: " + " ".join(f"{k}={globals()[k]!r}" for k in SETTINGS)
-    for arg in args:
+    values = {}
+    for arg in (a for a in args if a not in ("-h", "--help")):
         name, eq, text = arg.lstrip("-").partition("=")
         if not eq or name not in SETTINGS:
             close = difflib.get_close_matches(name, SETTINGS, 1)
             die(f"unknown setting {arg!r}{f' (did you mean {close[0]}?)' if close else ''}; {valid}", 2)
         kind = type(globals()[name])
         try:
-            globals()[name] = {"true": True, "1": True, "false": False, "0": False}[text.lower()] \
+            values[name] = {"true": True, "1": True, "false": False, "0": False}[text.lower()] \
                 if kind is bool else kind(text)
         except (KeyError, ValueError):
             die(f"{name}={text!r} is not a valid {kind.__name__}; {valid}", 2)
-        if kind is float and not math.isfinite(globals()[name]):
+        if kind is float and not math.isfinite(values[name]):
             die(f"{name}={text!r} is not a finite number", 2)
-        given.add(name)
+    if "device" in values and "sizes" in globals():
+        sizes(values["device"])
+    preset = globals().get("LECTURE", {}).get(values.get("lecture", globals().get("lecture")), {})
+    globals().update({**preset, **values})
+    given |= set(preset) | set(values)
+    if {"-h", "--help"} & set(args):
+        print_help()
     checked_later = resume or max_iters == 0  # then with the checkpoint's settings, in load_checkpoint
     for problem in [] if checked_later else setting_problems()[:1]:
         die(problem, 2)
@@ -547,6 +673,16 @@ def configure(argv):
     if not writable or os.path.isdir(checkpoint_path()):
         die(f"out_dir={out_dir!r} is not a folder this script can write {SCRIPT}.pt in", 2)
     return given
+
+def print_help():
+    """The docstring, then every setting as it would be used, with its comment from this file; exit 0."""
+    with open(__file__, encoding="utf-8") as f:
+        notes = dict(reversed(re.findall(r"^ *(\w+) = .*?  # (.*)$", f.read(), re.M)))  # a name's first
+    print((globals().get("__doc__") or "").strip(), "\nSettings (name=value), as they would be used here:",
+          *(f"  {f'{k}={globals()[k]!r}':<26} {notes.get(k, '')}" for k in SETTINGS), sep="\n")
+    for name, preset in globals().get("LECTURE", {}).items():
+        print(f"lecture={name} sets " + " ".join(f"{k}={v}" for k, v in preset.items()))
+    sys.exit(0)
 
 def set_up_device():
     """Seed; on CUDA, TF32 and autocast: bf16 where the GPU has it in hardware (compute capability 8.0 and
@@ -618,6 +754,19 @@ def download(url, path, sha256):
         if os.path.isfile(part):
             os.remove(part)
 
+def read_text(path):
+    """A file's text, or one sentence: a file that cannot be read, is empty, binary or not UTF-8."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        die(f"{path} is not UTF-8 text (a binary file, or text saved in another encoding): save it as UTF-8")
+    except OSError as e:
+        die(f"could not read {path} ({e.strerror})")
+    if "\x00" in text or not text.strip():
+        die(f"{path} is {'a binary file, not text' if text.strip() else 'empty'}")
+    return text
+
 def read_atticus(path):
     """Cicero's letters from a Perseus TEI file, 'dateline\\nsalute\\nbody' each, a blank line between:
     the EpiDoc markup (<div subtype="letter">, <seg rend="dateline">) or the older hopper one (<div2>)."""
@@ -641,6 +790,14 @@ def read_atticus(path):
         parts.append(" ".join(letter.get_text().split()))
         letters.append("\n".join(parts))
     return "\n\n".join(letters)
+
+def regex_module():
+    """The regex module: re with \\p{L} (any letter) and \\p{N} (any number). tiktoken depends on it."""
+    try:
+        import regex
+    except ImportError:
+        die(f"tokenizer={tokenizer} needs the regex module: pip install regex")
+    return regex
 
 def tiktoken_encoding(name, encoder_json):
     """tiktoken's encoding `name`: "gpt2" built from data/gpt2/ without the network, any other downloaded."""
@@ -696,20 +853,25 @@ def restore(checkpoint, model, optimizers, scaler, vocab):
     """The run so far: a new one, or the checkpoint's, with the model (and, to resume, the optimizers, the
     gradient scaler and the random state) as they were when it was saved."""
     if checkpoint is None:
-        return {"vocab": vocab, "step": 0, "history": [], "best_val_loss": math.inf}
+        keep_previous()
+        return {"vocab": vocab, "step": 0, "history": [], "progress": [], "best_val_loss": math.inf}
     try:
         if checkpoint["vocab"] != vocab:
             raise ValueError("another vocabulary")
         model.load_state_dict(checkpoint["model"])
         if resume:
             for optimizer, state in zip(optimizers, checkpoint["optimizer"], strict=True):
-                optimizer.load_state_dict(state)
+                settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+                optimizer.load_state_dict(state)  # its state, and its saved settings, which this run replaces
+                for group, setting in zip(optimizer.param_groups, settings, strict=True):
+                    group.update(setting)
             if checkpoint["scaler"]:  # empty unless it was trained in fp16
                 scaler.load_state_dict(checkpoint["scaler"])
             torch.set_rng_state(checkpoint["rng"]["cpu"])
-            if device.startswith("cuda") and "cuda" in checkpoint["rng"]:
-                torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
-        run = {k: checkpoint[k] for k in ("vocab", "step", "history", "val_loss", "best_val_loss")}
+            if (kind := device.split(":")[0]) in checkpoint["rng"] and kind != "cpu":  # dropout on a GPU
+                getattr(torch, kind).set_rng_state(checkpoint["rng"][kind], device)
+        run = {k: checkpoint[k] for k in ("vocab", "step", "history", "progress", "val_loss",
+                                          "best_val_loss")}
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         unusable(e if isinstance(e, ValueError) else type(e).__name__)
     print(f"loaded {checkpoint_path()}: step {run['step']}, val {run['val_loss']:.4f}")
@@ -717,15 +879,33 @@ def restore(checkpoint, model, optimizers, scaler, vocab):
         print(f"max_iters={max_iters} is reached already: nothing to train; set max_iters= higher to go on")
     return run
 
+def keep_previous():
+    """A new run moves the checkpoint of the run before (unless it trained nothing) to out_dir/previous/, over
+    the one there: a run started by mistake costs no trained model."""
+    path, kept = checkpoint_path(), os.path.join(out_dir, "previous")
+    try:
+        step = torch.load(path, map_location="cpu", weights_only=True)["step"] if os.path.isfile(path) else 0
+    except Exception:  # not a checkpoint this script can read: kept all the same
+        step = "?"
+    if step != 0:
+        try:
+            os.makedirs(kept, exist_ok=True)
+            os.replace(path, os.path.join(kept, f"{SCRIPT}.pt"))
+        except OSError as e:
+            die(f"could not move {path} to {kept} ({e}); set out_dir= another folder")
+        print(f"the previous run's checkpoint (step {step}) is now {kept}/{SCRIPT}.pt: resume=true "
+              f"out_dir={kept} goes on from it")
+
 def save_checkpoint(model, optimizers, scaler, run, step, val_loss):
     """All an exact resume needs, to a temporary file then renamed: never half a checkpoint."""
+    path = checkpoint_path()
+    kept = f"{path} keeps the last evaluation" if os.path.isfile(path) else "no checkpoint was written"
     if not math.isfinite(val_loss):
-        die(f"the val loss is {val_loss} at step {step}: lower learning_rate (the last checkpoint is kept)")
+        die(f"the val loss is {val_loss} at step {step}: lower learning_rate ({kept})")
     run.update(step=step, val_loss=val_loss, best_val_loss=min(run["best_val_loss"], val_loss))
     rng = {"cpu": torch.get_rng_state()}  # the batches, and dropout on the CPU
-    if device.startswith("cuda"):
-        rng["cuda"] = torch.cuda.get_rng_state(device)
-    path = checkpoint_path()
+    if (kind := device.split(":")[0]) != "cpu":  # dropout on a GPU
+        rng[kind] = getattr(torch, kind).get_rng_state(device)
     try:
         os.makedirs(out_dir, exist_ok=True)
         torch.save({**run, "script": SCRIPT, "config": {k: globals()[k] for k in SETTINGS}, "rng": rng,
@@ -733,7 +913,7 @@ def save_checkpoint(model, optimizers, scaler, run, step, val_loss):
                     "scaler": scaler.state_dict()}, path + ".tmp")
         os.replace(path + ".tmp", path)
     except (OSError, RuntimeError) as e:  # a full disk, say
-        die(f"could not write {path} ({e}); the last checkpoint is kept")
+        die(f"could not write {path} ({e}); {kept}")
     finally:  # failed or interrupted: no half-written file left
         if os.path.isfile(path + ".tmp"):
             os.remove(path + ".tmp")
@@ -749,21 +929,28 @@ def figure(**kwargs):
     return Figure(**kwargs)
 
 def save_figure(fig, name):
+    """To out_dir/SCRIPT_NAME.png; in a notebook, shown in the cell too."""
     path = os.path.join(out_dir, f"{SCRIPT}_{name}.png")
     try:
         os.makedirs(out_dir, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")
         print(f"{name} picture saved to {path}")
     except OSError as e:
-        print(f"could not save {path} ({e})")
+        return print(f"could not save {path} ({e})")
+    if hasattr(getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)(), "kernel"):  # a notebook
+        from IPython.display import Image, display
+        display(Image(filename=path))
 
-def plot_losses(history):
+def plot_losses(run):
+    """The loss of the batches of every progress line, and the train and val loss of every evaluation."""
     fig = figure(figsize=(6, 4))
     if fig:
         ax = fig.subplots()
-        steps, train, val = zip(*history)
-        ax.plot(steps, train, label="train")
-        ax.plot(steps, val, label="val")
+        if run["progress"]:
+            ax.plot(*zip(*run["progress"]), color="C0", alpha=0.35, label="train, the last batches")
+        steps, train, val = zip(*run["history"])
+        ax.plot(steps, train, "o-", color="C0", label="train")
+        ax.plot(steps, val, "o-", color="C1", label="val")
         ax.set(xlabel="step", ylabel="loss (nats per token)")
         ax.set_title(f"{SCRIPT}.py " + " ".join(f"{k}={globals()[k]}" for k in MODEL_KEYS), fontsize=8)
         ax.legend()

@@ -18,6 +18,7 @@ import difflib
 import hashlib
 import math
 import os
+import re
 import sys
 import time
 import urllib.request
@@ -29,32 +30,47 @@ from torch.nn import functional as F
 
 # ----------------------------------------------------------------------------------- hyperparameters
 device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-dataset = "shakespeare"  # shakespeare | atticus
-if device == "cuda":  # the lecture's model
-    batch_size = 64  # sequences per step
-    block_size = 256  # context length, in characters
-    n_layer = 6  # Transformer blocks
-    n_head = 6  # attention heads per block; must divide n_embd
-    n_embd = 384  # width of the residual stream
-    dropout = 0.2  # on the embeddings and on what each block adds to the residual stream, 0 to <1
-    max_iters = 5000  # optimizer steps
-    eval_interval = 500  # steps between evaluations and checkpoints
-    eval_iters = 200  # train batches per loss estimate (val: the whole split)
-    learning_rate = 1e-3  # peak, after warm-up (Muon and AdamW alike)
-    min_lr = 1e-4  # reached at the last step by cosine decay
-else:  # a laptop (CPU, or an Apple GPU): a smaller model that ends in minutes
-    batch_size = 32
-    block_size = 64
-    n_layer = 4
-    n_head = 4
-    n_embd = 96
-    dropout = 0.0
-    max_iters = 2100
-    eval_interval = 700
-    eval_iters = 25
-    learning_rate = 7e-3
-    min_lr = 0.0
-warmup_iters = 100  # steps of linear warm-up
+dataset = "shakespeare"  # shakespeare | atticus | the path of a UTF-8 text file of your own
+lecture = ""  # the lecture's model at one rung (LECTURE): head | heads | ffwd | residual | layernorm | full
+
+def sizes(device):
+    """The lecture's model on a CUDA GPU; on a laptop (CPU, or an Apple GPU) a smaller one that ends in
+    minutes. Run for the device above, and again for a device= given on the command line."""
+    global batch_size, block_size, n_layer, n_head, n_embd, dropout, max_iters, eval_interval, eval_iters
+    global learning_rate, min_lr
+    if device.startswith("cuda"):  # the lecture's model
+        batch_size = 64  # sequences per step
+        block_size = 256  # context length, in characters
+        n_layer = 6  # Transformer blocks
+        n_head = 6  # attention heads per block; must divide n_embd
+        n_embd = 384  # width of the residual stream
+        dropout = 0.2  # on the embeddings and on what each block adds to the residual stream, 0 to <1
+        max_iters = 5000  # optimizer steps
+        eval_interval = 500  # steps between evaluations and checkpoints
+        eval_iters = 200  # train batches per loss estimate (val: the whole split)
+        learning_rate = 1e-3  # peak, after warm-up (Muon and AdamW alike)
+        min_lr = 1e-4  # reached at the last step by cosine decay; = learning_rate: constant
+    else:  # a laptop: a smaller model that ends in minutes
+        batch_size = 32
+        block_size = 64
+        n_layer = 4
+        n_head = 4
+        n_embd = 96
+        dropout = 0.0
+        max_iters = 2100
+        eval_interval = 700
+        eval_iters = 25
+        learning_rate = 7e-3
+        min_lr = 0.0
+
+sizes(device)
+mlp = True  # each block's feed-forward layer, the "computation" after the attention's "communication"
+residual = True  # each block adds to its input (x = x + f(x)); false: replaces it (x = f(x))
+layernorm = True  # the norms before attention and MLP, and the final one
+init = "gpt2"  # gpt2: GPT-2's small weights | pytorch: PyTorch's defaults, which the lecture's rungs had
+optimizer = "muon"  # muon: Muon for the blocks' matrices, AdamW for the rest | adamw: AdamW for all
+beta2 = 0.99  # AdamW's decay of its mean squared gradient (PyTorch's default, the lecture's: 0.999)
+warmup_iters = 100  # steps of linear warm-up; 0 = none
 weight_decay = 0.1  # on matrices only
 grad_clip = 1.0  # clip the gradient norm to this; 0 = off
 log_interval = 50  # steps between progress lines
@@ -66,19 +82,31 @@ max_new_tokens = 500  # length of the sample, in characters
 temperature = 0.8  # < 1 sharper, > 1 wilder; 0 = always the likeliest
 top_k = 0  # sample among the k likeliest only; 0 = all
 # the names above: each can be set as name=value
-SETTINGS = ("device dataset batch_size block_size n_layer n_head n_embd dropout max_iters eval_interval "
-            "eval_iters learning_rate min_lr warmup_iters weight_decay grad_clip log_interval seed out_dir "
-            "resume start max_new_tokens temperature top_k").split()
+SETTINGS = ("device dataset lecture batch_size block_size n_layer n_head n_embd dropout max_iters "
+            "eval_interval eval_iters learning_rate min_lr mlp residual layernorm init optimizer beta2 "
+            "warmup_iters weight_decay grad_clip log_interval seed out_dir resume start max_new_tokens "
+            "temperature top_k").split()
+RUNG = dict(batch_size=32, block_size=8, n_embd=32, max_iters=5000, eval_interval=500, eval_iters=200,
+            learning_rate=1e-3, min_lr=1e-3, warmup_iters=0, dropout=0.0, mlp=True, residual=True,
+            layernorm=True, optimizer="adamw", beta2=0.999, weight_decay=0.01, grad_clip=0.0, init="pytorch")
+LECTURE = {  # lecture=NAME: the lecture's model at one rung, trained as it was (constant rate, AdamW)
+    "head": dict(RUNG, n_layer=1, n_head=1, mlp=False, residual=False, layernorm=False),  # one head
+    "heads": dict(RUNG, n_layer=1, n_head=4, mlp=False, residual=False, layernorm=False),  # four of 8
+    "ffwd": dict(RUNG, n_layer=1, n_head=4, residual=False, layernorm=False),  # + a feed-forward layer
+    "residual": dict(RUNG, n_layer=3, n_head=4, layernorm=False),  # three blocks on a residual path
+    "layernorm": dict(RUNG, n_layer=3, n_head=4),  # + layer norm
+    "full": dict(RUNG, batch_size=64, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2,
+                 learning_rate=3e-4, min_lr=3e-4),  # six blocks, 384 wide, with dropout
+}
 
 # ---------------------------------------------------------------------------------------------- data
-TEXTS = {"shakespeare": "tinyshakespeare.txt", "atticus": "atticus.xml"}  # dataset -> file in data/
+TEXTS = {"shakespeare": "tinyshakespeare.txt", "atticus": "atticus.xml"}  # dataset -> its file in data/
 
 def load_text(path):
-    """A text file as it is; Cicero's letters read out of their TEI XML (read_atticus, after main)."""
-    if path.endswith(".xml"):
-        return read_atticus(path)
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+    """Cicero's letters read out of their TEI XML (read_atticus, after main); any other file as it is
+    (read_text, after main, which stops with one sentence at a file that is not UTF-8 text)."""
+    shipped = os.path.abspath(path) == os.path.abspath(os.path.join(DATA_DIR, TEXTS["atticus"]))
+    return read_atticus(path) if shipped else read_text(path)
 
 def split_text(text):
     """The first 90 % of the characters to learn from, the rest to check on: the same cut in every step."""
@@ -94,8 +122,19 @@ def make_tokenizer(vocab):
     return encode, decode
 
 # --------------------------------------------------------------------------------------------- model
+def average_of_the_past(x):
+    """The lecture's trick: row t of the result is the mean of x[:, :t+1] (B, T, C), three ways, the same
+    numbers. The third is attention with every score 0; CausalSelfAttention learns the scores (wei)."""
+    B, T, C = x.shape
+    xbow = torch.stack([x[:, : t + 1].mean(dim=1) for t in range(T)], dim=1)  # a loop over t: (B, T, C)
+    tril = torch.tril(torch.ones(T, T))  # lower-triangular: row t is 1 on 0..t
+    xbow2 = (tril / tril.sum(dim=1, keepdim=True)) @ x  # a product: (T, T) @ (B, T, C) -> (B, T, C)
+    wei = torch.zeros(T, T).masked_fill(tril == 0, float("-inf")).softmax(dim=-1)  # no future; rows sum to 1
+    return xbow, xbow2, wei @ x
+
 class CausalSelfAttention(nn.Module):
-    """All heads at once: one projection makes every head's query, key and value."""
+    """All heads at once: one projection makes every head's query, key and value (the lecture's Head makes
+    one head's, and MultiHeadAttention runs n_head of them one after the other)."""
 
     def __init__(self, n_embd, n_head, dropout):
         super().__init__()
@@ -103,18 +142,18 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(n_embd, 3 * n_embd)
         self.proj = nn.Linear(n_embd, n_embd)
         self.dropout = nn.Dropout(dropout)
-        self.keep_weights = False  # True: the explicit path, which keeps the attention in .weights
+        self.keep_weights = False  # True: the explicit path, which keeps the attention weights in .wei
 
     def forward(self, x):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
         hs = C // self.n_head  # head size
         q, k, v = (t.view(B, T, self.n_head, hs).transpose(1, 2) for t in (q, k, v))  # each (B, nh, T, hs)
-        if self.keep_weights:
-            att = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, T), scaled by 1/sqrt(head size)
-            future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
-            self.weights = att.masked_fill(future, float("-inf")).softmax(dim=-1)  # no token sees the future
-            y = self.weights @ v  # (B, nh, T, hs)
+        if self.keep_weights:  # the lecture's formula, for every head at once
+            wei = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, T): affinities, scaled by 1/sqrt(hs)
+            tril = torch.tril(torch.ones(T, T, device=x.device))
+            self.wei = wei.masked_fill(tril == 0, float("-inf")).softmax(dim=-1)  # no token sees the future
+            y = self.wei @ v  # (B, nh, T, hs)
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # the same, fused, never forms (T, T)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
@@ -132,32 +171,38 @@ class MLP(nn.Module):
         return self.dropout(self.proj(h))  # (B, T, C)
 
 class Block(nn.Module):
-    """Communication (attention) then computation (MLP), each pre-norm on a residual path."""
+    """Communication (attention) then computation (MLP), each pre-norm on a residual path. Each switch off
+    takes one idea away, as the lecture's model was before it had it."""
 
-    def __init__(self, n_embd, n_head, dropout):
+    def __init__(self, n_embd, n_head, dropout, mlp=True, residual=True, layernorm=True):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(n_embd)
+        self.ln_1 = nn.LayerNorm(n_embd) if layernorm else nn.Identity()
         self.attn = CausalSelfAttention(n_embd, n_head, dropout)
-        self.ln_2 = nn.LayerNorm(n_embd)
-        self.mlp = MLP(n_embd, dropout)
+        self.ln_2 = nn.LayerNorm(n_embd) if layernorm and mlp else nn.Identity()
+        self.mlp = MLP(n_embd, dropout) if mlp else None
+        self.residual = residual  # False: each part replaces x instead of adding to it
 
     def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+        x = (x if self.residual else 0) + self.attn(self.ln_1(x))
+        if self.mlp:
+            x = (x if self.residual else 0) + self.mlp(self.ln_2(x))
+        return x
 
 class GPT(nn.Module):
-    def __init__(self, vocab_size, block_size, n_embd, n_head, n_layer, dropout):
+    def __init__(self, vocab_size, block_size, n_embd, n_head, n_layer, dropout, mlp=True, residual=True,
+                 layernorm=True, init="gpt2"):
         super().__init__()
         self.block_size = block_size
         self.token_embedding = nn.Embedding(vocab_size, n_embd)
         self.position_embedding = nn.Embedding(block_size, n_embd)
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.Sequential(*[Block(n_embd, n_head, dropout) for _ in range(n_layer)])
-        self.ln_f = nn.LayerNorm(n_embd)
+        self.blocks = nn.Sequential(*[Block(n_embd, n_head, dropout, mlp, residual, layernorm)
+                                      for _ in range(n_layer)])
+        self.ln_f = nn.LayerNorm(n_embd) if layernorm else nn.Identity()
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.token_embedding.weight  # tied, as in GPT-2: one matrix reads and writes
-        for name, p in self.named_parameters():  # GPT-2's initialisation
-            if name.endswith("bias"):
+        for name, p in self.named_parameters() if init == "gpt2" else []:  # else PyTorch's defaults stay
+            if name.endswith("bias"):  # GPT-2's initialisation
                 nn.init.zeros_(p)
             elif p.dim() == 2:  # residual projections shrunk, so that the residual stream keeps its scale
                 std = 0.02 / math.sqrt(2 * n_layer) if name.endswith("proj.weight") else 0.02
@@ -177,7 +222,7 @@ class GPT(nn.Module):
         """Extend idx (B, T) by max_new_tokens tokens, each fed back in; temperature 0 is greedy."""
         for _ in range(max_new_tokens):
             logits, _ = self(idx[:, -self.block_size:])  # crop the context to what the model knows
-            logits = logits[:, -1, :]  # (B, vocab_size): the last position predicts the next token
+            logits = logits[:, -1, :].float()  # (B, vocab_size): the last position, in float32 under autocast
             if temperature == 0:
                 idx_next = logits.argmax(dim=-1, keepdim=True)
             else:
@@ -227,15 +272,16 @@ class Muon(torch.optim.Optimizer):
                     p.add_(u, alpha=-group["lr"] * 0.2 * max(shape) ** 0.5)
 
 def make_optimizers(model):
-    """Muon for the matrices inside the blocks; AdamW for the rest, with weight decay on matrices only.
-    (The lecture uses AdamW alone: README.md says why these two.)"""
+    """optimizer=muon: Muon for the matrices inside the blocks, AdamW for the rest (README.md says why);
+    optimizer=adamw: AdamW for every parameter, as the lecture. Weight decay on matrices only."""
     in_blocks = [p for name, p in model.named_parameters() if name.startswith("blocks.") and p.dim() == 2]
-    matrices = [p for name, p in model.named_parameters() if not name.startswith("blocks.") and p.dim() == 2]
+    muon = in_blocks if optimizer == "muon" else []
+    matrices = [p for p in model.parameters() if p.dim() == 2 and all(p is not m for m in muon)]
     others = [p for p in model.parameters() if p.dim() < 2]  # biases and norms
     groups = [{"params": matrices, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}]
     fused = not device.startswith("mps")  # one kernel for the whole update, on CUDA and the CPU
-    return [Muon(in_blocks, lr=learning_rate, weight_decay=weight_decay),
-            torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.99), fused=fused)]
+    adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, beta2), fused=fused)
+    return [Muon(muon, lr=learning_rate, weight_decay=weight_decay), adamw] if muon else [adamw]
 
 # ------------------------------------------------------------------------------------------ training
 def get_batch(data, generator=None):
@@ -246,19 +292,22 @@ def get_batch(data, generator=None):
 
 @torch.no_grad()
 def estimate_loss(model, data, ctx):
-    """Mean loss per token: of the whole val split (in windows of block_size, each token once), and of
-    eval_iters random batches of the much longer train split (the same batches at every call)."""
+    """Mean loss per token: of every token of the val split once (in windows of block_size, the first read
+    after the last training token), and of eval_iters random batches of the much longer train split (the
+    same batches at every call)."""
     model.eval()
-    n = (len(data["val"]) - 1) // block_size  # whole windows; the last few tokens are left out
-    windows = data["val"][: n * block_size + 1].unfold(0, block_size + 1, block_size)  # (n, T+1)
+    stream = torch.cat([data["train"][-1:], data["val"]])  # every val token a target once: stream[1:]
+    pad = -(len(stream) - 1) % block_size  # the last window filled up with targets -1, which do not count
+    x = F.pad(stream[:-1], (0, pad)).view(-1, block_size).to(device)  # (n, T)
+    y = F.pad(stream[1:], (0, pad), value=-1).view(-1, block_size).to(device)  # (n, T)
     generator = torch.Generator().manual_seed(seed)
     batches = {"train": [get_batch(data["train"], generator) for _ in range(eval_iters)],
-               "val": [(w[:, :-1].to(device), w[:, 1:].to(device)) for w in windows.split(batch_size)]}
+               "val": list(zip(x.split(batch_size), y.split(batch_size)))}
     losses = {}
     for split, pairs in batches.items():
         with ctx:
-            total = sum(model(x, y)[1].float() * len(x) for x, y in pairs)
-        losses[split] = total.item() / sum(len(x) for x, _ in pairs)
+            total = sum(model(x, y)[1].float() * (y >= 0).sum() for x, y in pairs)
+        losses[split] = total.item() / sum((y >= 0).sum().item() for _, y in pairs)
     model.train()
     return losses
 
@@ -292,18 +341,20 @@ def optimize(model, optimizers, scaler, loss, lr):
 
 def train(model, optimizers, scaler, ctx, data, run):
     """Steps run["step"] to max_iters: progress every log_interval steps; the losses and a checkpoint every
-    eval_interval steps and at the end. run is what the checkpoint keeps besides the model."""
+    eval_interval steps and at the end. run is what the checkpoint keeps besides the model and optimizers."""
     first, started, last = run["step"], time.time(), time.time()
     tokens, recent = 0, []
     for step in range(first, max_iters + 1):  # a resumed run has evaluated its first step already
         evaluating = (step % eval_interval == 0 or step == max_iters) and (step > first or not run["history"])
         if evaluating or (step % log_interval == 0 and step > first):
             now, line = time.time(), f"step {step}/{max_iters}"
+            if recent:  # the mean loss of the batches since the last line, for the loss picture too
+                run["progress"].append((step, torch.stack(recent).mean().item()))
             if evaluating:
                 losses, report = evaluate(model, data, ctx)
                 line += f" | {report}"
             else:
-                line += f" | loss {torch.stack(recent).mean().item():.4f}"  # the batches since the last line
+                line += f" | loss {run['progress'][-1][1]:.4f}"
             if step > first:
                 left = (now - started) / (step - first) * (max_iters - step)
                 speed = tokens / max(now - last, 1e-6)
@@ -323,12 +374,12 @@ def train(model, optimizers, scaler, ctx, data, run):
 
 # ------------------------------------------------------------------------------------------ sampling
 @torch.no_grad()
-def sample(model, encode, ctx):
-    """The prompt start= continued by max_new_tokens tokens, with dropout off: ids (1, T)."""
+def sample(model, encode):
+    """The prompt start= continued by max_new_tokens tokens, with dropout off, in float32 (no autocast: the
+    temperature and top_k work on exact logits): ids (1, T)."""
     model.eval()
     idx = torch.tensor([encode(start)], dtype=torch.long, device=device)  # (1, T)
-    with ctx:
-        return model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k or None)
+    return model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k or None)
 
 @torch.no_grad()
 def last_block_attention(model, idx):
@@ -338,29 +389,29 @@ def last_block_attention(model, idx):
     attn.keep_weights = True  # the explicit path, which keeps the weights
     model(idx)
     attn.keep_weights = False
-    return attn.weights[0].float().cpu()
+    return attn.wei[0].float().cpu()
 
 # ---------------------------------------------------------------------------------------------- main
 def main():
     given = configure(sys.argv)
     checkpoint = load_checkpoint(given) if resume or max_iters == 0 else None  # it sets the model's sizes
     ctx, scaler = set_up_device()
-    text = load_text(data_files(TEXTS[dataset])[0])
+    text = load_text(data_files(TEXTS[dataset])[0] if dataset in TEXTS else dataset)
     train_text, val_text = split_text(text)
     vocab = "".join(sorted(set(text)))  # every character that occurs
     encode, decode = make_tokenizer(vocab)
     data = {"train": torch.tensor(encode(train_text)), "val": torch.tensor(encode(val_text)),
             "val_characters": len(val_text)}
     check_prompt(sorted(set(start) - set(vocab)), data)
-    model = GPT(len(vocab), block_size, n_embd, n_head, n_layer, dropout).to(device)
-    optimizers = make_optimizers(model)
+    model = GPT(len(vocab), block_size, n_embd, n_head, n_layer, dropout, mlp, residual, layernorm, init)
+    optimizers = make_optimizers(model.to(device))
     print(f"{SCRIPT}: device {device} | {sum(p.numel() for p in model.parameters()):,} parameters | "
           f"{dataset}: {len(text):,} characters, vocabulary {len(vocab)} | val {len(val_text):,} characters")
     run = restore(checkpoint, model, optimizers, scaler, vocab)
     if max_iters > run["step"]:
         train(model, optimizers, scaler, ctx, data, run)
-        plot_losses(run["history"])
-    ids = sample(model, encode, ctx)
+        plot_losses(run)
+    ids = sample(model, encode)
     print(f"--- sample, prompt {start!r}, temperature {temperature} ---\n{decode(ids[0].tolist())}")
     opening = ids[:, :min(40, block_size)]  # the sample's first characters: where does the last block look?
     draw_attention(last_block_attention(model, opening), decode(opening[0].tolist()))
@@ -369,13 +420,16 @@ def main():
 # Plumbing, the same in every script: settings, errors, device, data files, checkpoints, pictures.
 # ===================================================================================================
 SCRIPT = "gpt_char"
-MODEL_KEYS = ("dataset", "block_size", "n_embd", "n_head", "n_layer")  # what a checkpoint's model is
+MODEL_KEYS = ("dataset", "block_size", "n_embd", "n_head", "n_layer", "mlp", "residual", "layernorm",
+              "optimizer")  # what a checkpoint's model and optimizers are
 KEEP = ("device", "out_dir", "resume", "start", "max_new_tokens", "temperature", "top_k")  # never from it
 
 def setting_problems():
     return [message for ok, message in [
         (device in devices(), f"device={device!r} is not one of this machine's: {', '.join(devices())}"),
-        (dataset in TEXTS, f"dataset={dataset!r} is not one of {', '.join(TEXTS)}"),
+        (dataset in TEXTS or os.path.isfile(dataset),
+         f"dataset={dataset!r} is not one of {', '.join(TEXTS)}, nor the path of a text file"),
+        (lecture in ("", *LECTURE), f"lecture={lecture!r} is not one of {', '.join(LECTURE)}"),
         (min(batch_size, block_size, n_layer, n_head, n_embd, eval_interval, eval_iters, log_interval) > 0,
          "batch_size, block_size, n_layer, n_head, n_embd, eval_iters and the intervals must be > 0"),
         (n_embd % n_head == 0, f"n_embd={n_embd} is not divisible by n_head={n_head}"),
@@ -383,6 +437,8 @@ def setting_problems():
         (0 <= min_lr <= learning_rate and learning_rate > 0, "learning_rate must be > 0, min_lr in [0, it]"),
         (min(max_iters, max_new_tokens, top_k, temperature, warmup_iters, grad_clip) >= 0,
          "max_iters, max_new_tokens, top_k, temperature, warmup_iters and grad_clip must be >= 0"),
+        (optimizer in ("muon", "adamw") and init in ("gpt2", "pytorch") and 0 <= beta2 < 1,
+         f"optimizer={optimizer!r} init={init!r} beta2={beta2}: muon or adamw, gpt2 or pytorch, in [0, 1)"),
         (start != "", "the prompt start= must not be empty"),
         (0 <= seed < 2**63, f"seed={seed} is not in [0, 2**63)"),
     ] if not ok]
@@ -394,10 +450,11 @@ def devices():
 
 def check_prompt(unknown, data):
     if unknown:
-        die(f"the prompt start={start!r} has characters or tokens that never occur in {dataset}: "
-            f"{', '.join(map(repr, unknown))}")
-    if block_size >= len(data["val"]):
-        die(f"block_size={block_size} is longer than the validation text ({len(data['val'])} tokens)")
+        die(f"the prompt start={start!r} has characters that never occur in {dataset}: "
+            f"{', '.join(map(repr, unknown))}; set start= to a prompt of its characters")
+    if block_size >= min(len(data["train"]), len(data["val"])):
+        die(f"dataset={dataset} is too short for block_size={block_size}: {len(data['train']):,} tokens to "
+            f"train on, {len(data['val']):,} to validate on; each needs more than block_size")
 
 class Stopped(Exception):
     """A mistake, in a notebook: IPython shows what _render_traceback_ returns instead of a traceback."""
@@ -419,37 +476,41 @@ def clear_errors():
         yield
     except KeyboardInterrupt:
         where = "" if out_dir == "out" else f" out_dir={out_dir}"
-        die(f"interrupted; {checkpoint_path()} holds the last evaluation, if any: "
-            f"resume=true{where} goes on from it", 130)
+        die(f"interrupted; {checkpoint_path()} holds the last evaluation: resume=true{where} goes on from it"
+            if os.path.isfile(checkpoint_path()) else "interrupted; no checkpoint was written", 130)
     except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
         if "out of memory" not in str(e) and "can't allocate memory" not in str(e):
             raise
         die(f"out of memory on {device}: make batch_size, block_size or the model smaller")
 
 def configure(argv):
-    """Set the hyperparameters from name=value arguments and return the names set. In a notebook the
-    arguments are the kernel's own: there the settings are the lines above, and all count as set."""
+    """Set the hyperparameters from name=value arguments and return the names set: a device= first (it picks
+    its own sizes), then a lecture= preset, then the others, which win. In a notebook the arguments are the
+    kernel's own: there the settings are the lines above (and their preset), and all count as set."""
     notebook = "kernel_launcher" in os.path.basename(argv[0] if argv else "") or "__file__" not in globals()
     args, given = ([], set(SETTINGS)) if notebook else (argv[1:], set())
-    if {"-h", "--help"} & set(args):
-        print((globals().get("__doc__") or "").strip(), "\nSettings (name=value) and their defaults here:",
-              *(f"  {k}={globals()[k]!r}" for k in SETTINGS), sep="\n")
-        sys.exit(0)
     valid = "valid settings: " + " ".join(f"{k}={globals()[k]!r}" for k in SETTINGS)
-    for arg in args:
+    values = {}
+    for arg in (a for a in args if a not in ("-h", "--help")):
         name, eq, text = arg.lstrip("-").partition("=")
         if not eq or name not in SETTINGS:
             close = difflib.get_close_matches(name, SETTINGS, 1)
             die(f"unknown setting {arg!r}{f' (did you mean {close[0]}?)' if close else ''}; {valid}", 2)
         kind = type(globals()[name])
         try:
-            globals()[name] = {"true": True, "1": True, "false": False, "0": False}[text.lower()] \
+            values[name] = {"true": True, "1": True, "false": False, "0": False}[text.lower()] \
                 if kind is bool else kind(text)
         except (KeyError, ValueError):
             die(f"{name}={text!r} is not a valid {kind.__name__}; {valid}", 2)
-        if kind is float and not math.isfinite(globals()[name]):
+        if kind is float and not math.isfinite(values[name]):
             die(f"{name}={text!r} is not a finite number", 2)
-        given.add(name)
+    if "device" in values and "sizes" in globals():
+        sizes(values["device"])
+    preset = globals().get("LECTURE", {}).get(values.get("lecture", globals().get("lecture")), {})
+    globals().update({**preset, **values})
+    given |= set(preset) | set(values)
+    if {"-h", "--help"} & set(args):
+        print_help()
     checked_later = resume or max_iters == 0  # then with the checkpoint's settings, in load_checkpoint
     for problem in [] if checked_later else setting_problems()[:1]:
         die(problem, 2)
@@ -460,6 +521,16 @@ def configure(argv):
     if not writable or os.path.isdir(checkpoint_path()):
         die(f"out_dir={out_dir!r} is not a folder this script can write {SCRIPT}.pt in", 2)
     return given
+
+def print_help():
+    """The docstring, then every setting as it would be used, with its comment from this file; exit 0."""
+    with open(__file__, encoding="utf-8") as f:
+        notes = dict(reversed(re.findall(r"^ *(\w+) = .*?  # (.*)$", f.read(), re.M)))  # a name's first
+    print((globals().get("__doc__") or "").strip(), "\nSettings (name=value), as they would be used here:",
+          *(f"  {f'{k}={globals()[k]!r}':<26} {notes.get(k, '')}" for k in SETTINGS), sep="\n")
+    for name, preset in globals().get("LECTURE", {}).items():
+        print(f"lecture={name} sets " + " ".join(f"{k}={v}" for k, v in preset.items()))
+    sys.exit(0)
 
 def set_up_device():
     """Seed; on CUDA, TF32 and autocast: bf16 where the GPU has it in hardware (compute capability 8.0 and
@@ -525,6 +596,19 @@ def download(url, path, sha256):
         if os.path.isfile(part):
             os.remove(part)
 
+def read_text(path):
+    """A file's text, or one sentence: a file that cannot be read, is empty, binary or not UTF-8."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        die(f"{path} is not UTF-8 text (a binary file, or text saved in another encoding): save it as UTF-8")
+    except OSError as e:
+        die(f"could not read {path} ({e.strerror})")
+    if "\x00" in text or not text.strip():
+        die(f"{path} is {'a binary file, not text' if text.strip() else 'empty'}")
+    return text
+
 def read_atticus(path):
     """Cicero's letters from a Perseus TEI file, 'dateline\\nsalute\\nbody' each, a blank line between:
     the EpiDoc markup (<div subtype="letter">, <seg rend="dateline">) or the older hopper one (<div2>)."""
@@ -583,20 +667,25 @@ def restore(checkpoint, model, optimizers, scaler, vocab):
     """The run so far: a new one, or the checkpoint's, with the model (and, to resume, the optimizers, the
     gradient scaler and the random state) as they were when it was saved."""
     if checkpoint is None:
-        return {"vocab": vocab, "step": 0, "history": [], "best_val_loss": math.inf}
+        keep_previous()
+        return {"vocab": vocab, "step": 0, "history": [], "progress": [], "best_val_loss": math.inf}
     try:
         if checkpoint["vocab"] != vocab:
             raise ValueError("another vocabulary")
         model.load_state_dict(checkpoint["model"])
         if resume:
             for optimizer, state in zip(optimizers, checkpoint["optimizer"], strict=True):
-                optimizer.load_state_dict(state)
+                settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+                optimizer.load_state_dict(state)  # its state, and its saved settings, which this run replaces
+                for group, setting in zip(optimizer.param_groups, settings, strict=True):
+                    group.update(setting)
             if checkpoint["scaler"]:  # empty unless it was trained in fp16
                 scaler.load_state_dict(checkpoint["scaler"])
             torch.set_rng_state(checkpoint["rng"]["cpu"])
-            if device.startswith("cuda") and "cuda" in checkpoint["rng"]:
-                torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
-        run = {k: checkpoint[k] for k in ("vocab", "step", "history", "val_loss", "best_val_loss")}
+            if (kind := device.split(":")[0]) in checkpoint["rng"] and kind != "cpu":  # dropout on a GPU
+                getattr(torch, kind).set_rng_state(checkpoint["rng"][kind], device)
+        run = {k: checkpoint[k] for k in ("vocab", "step", "history", "progress", "val_loss",
+                                          "best_val_loss")}
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         unusable(e if isinstance(e, ValueError) else type(e).__name__)
     print(f"loaded {checkpoint_path()}: step {run['step']}, val {run['val_loss']:.4f}")
@@ -604,15 +693,33 @@ def restore(checkpoint, model, optimizers, scaler, vocab):
         print(f"max_iters={max_iters} is reached already: nothing to train; set max_iters= higher to go on")
     return run
 
+def keep_previous():
+    """A new run moves the checkpoint of the run before (unless it trained nothing) to out_dir/previous/, over
+    the one there: a run started by mistake costs no trained model."""
+    path, kept = checkpoint_path(), os.path.join(out_dir, "previous")
+    try:
+        step = torch.load(path, map_location="cpu", weights_only=True)["step"] if os.path.isfile(path) else 0
+    except Exception:  # not a checkpoint this script can read: kept all the same
+        step = "?"
+    if step != 0:
+        try:
+            os.makedirs(kept, exist_ok=True)
+            os.replace(path, os.path.join(kept, f"{SCRIPT}.pt"))
+        except OSError as e:
+            die(f"could not move {path} to {kept} ({e}); set out_dir= another folder")
+        print(f"the previous run's checkpoint (step {step}) is now {kept}/{SCRIPT}.pt: resume=true "
+              f"out_dir={kept} goes on from it")
+
 def save_checkpoint(model, optimizers, scaler, run, step, val_loss):
     """All an exact resume needs, to a temporary file then renamed: never half a checkpoint."""
+    path = checkpoint_path()
+    kept = f"{path} keeps the last evaluation" if os.path.isfile(path) else "no checkpoint was written"
     if not math.isfinite(val_loss):
-        die(f"the val loss is {val_loss} at step {step}: lower learning_rate (the last checkpoint is kept)")
+        die(f"the val loss is {val_loss} at step {step}: lower learning_rate ({kept})")
     run.update(step=step, val_loss=val_loss, best_val_loss=min(run["best_val_loss"], val_loss))
     rng = {"cpu": torch.get_rng_state()}  # the batches, and dropout on the CPU
-    if device.startswith("cuda"):
-        rng["cuda"] = torch.cuda.get_rng_state(device)
-    path = checkpoint_path()
+    if (kind := device.split(":")[0]) != "cpu":  # dropout on a GPU
+        rng[kind] = getattr(torch, kind).get_rng_state(device)
     try:
         os.makedirs(out_dir, exist_ok=True)
         torch.save({**run, "script": SCRIPT, "config": {k: globals()[k] for k in SETTINGS}, "rng": rng,
@@ -620,7 +727,7 @@ def save_checkpoint(model, optimizers, scaler, run, step, val_loss):
                     "scaler": scaler.state_dict()}, path + ".tmp")
         os.replace(path + ".tmp", path)
     except (OSError, RuntimeError) as e:  # a full disk, say
-        die(f"could not write {path} ({e}); the last checkpoint is kept")
+        die(f"could not write {path} ({e}); {kept}")
     finally:  # failed or interrupted: no half-written file left
         if os.path.isfile(path + ".tmp"):
             os.remove(path + ".tmp")
@@ -636,21 +743,28 @@ def figure(**kwargs):
     return Figure(**kwargs)
 
 def save_figure(fig, name):
+    """To out_dir/SCRIPT_NAME.png; in a notebook, shown in the cell too."""
     path = os.path.join(out_dir, f"{SCRIPT}_{name}.png")
     try:
         os.makedirs(out_dir, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")
         print(f"{name} picture saved to {path}")
     except OSError as e:
-        print(f"could not save {path} ({e})")
+        return print(f"could not save {path} ({e})")
+    if hasattr(getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)(), "kernel"):  # a notebook
+        from IPython.display import Image, display
+        display(Image(filename=path))
 
-def plot_losses(history):
+def plot_losses(run):
+    """The loss of the batches of every progress line, and the train and val loss of every evaluation."""
     fig = figure(figsize=(6, 4))
     if fig:
         ax = fig.subplots()
-        steps, train, val = zip(*history)
-        ax.plot(steps, train, label="train")
-        ax.plot(steps, val, label="val")
+        if run["progress"]:
+            ax.plot(*zip(*run["progress"]), color="C0", alpha=0.35, label="train, the last batches")
+        steps, train, val = zip(*run["history"])
+        ax.plot(steps, train, "o-", color="C0", label="train")
+        ax.plot(steps, val, "o-", color="C1", label="val")
         ax.set(xlabel="step", ylabel="loss (nats per token)")
         ax.set_title(f"{SCRIPT}.py " + " ".join(f"{k}={globals()[k]}" for k in MODEL_KEYS), fontsize=8)
         ax.legend()

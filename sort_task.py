@@ -23,6 +23,7 @@ import hashlib
 import itertools
 import math
 import os
+import re
 import sys
 import time
 from contextlib import contextmanager, nullcontext
@@ -45,7 +46,13 @@ eval_interval = 200  # steps between evaluations and checkpoints
 eval_iters = 10  # batches per loss estimate
 learning_rate = 3e-3  # peak, after warm-up (Muon and AdamW alike)
 min_lr = 3e-4  # reached at the last step by cosine decay
-warmup_iters = 50  # steps of linear warm-up
+mlp = True  # each block's feed-forward layer, the "computation" after the attention's "communication"
+residual = True  # each block adds to its input (x = x + f(x)); false: replaces it (x = f(x))
+layernorm = True  # the norms before attention and MLP, and the final one
+init = "gpt2"  # gpt2: GPT-2's small weights | pytorch: PyTorch's defaults, which the lecture's rungs had
+optimizer = "muon"  # muon: Muon for the blocks' matrices, AdamW for the rest | adamw: AdamW for all
+beta2 = 0.99  # AdamW's decay of its mean squared gradient (PyTorch's default, the lecture's: 0.999)
+warmup_iters = 50  # steps of linear warm-up; 0 = none
 weight_decay = 0.1  # on matrices only
 grad_clip = 1.0  # clip the gradient norm to this; 0 = off
 log_interval = 50  # steps between progress lines
@@ -55,8 +62,8 @@ resume = False  # go on from out_dir/sort_task.pt as if never stopped
 start = ""  # digits to sort after training, e.g. 210210; empty = a held-out example
 # the names above: each can be set as name=value
 SETTINGS = ("device length num_digits batch_size n_layer n_head n_embd dropout max_iters eval_interval "
-            "eval_iters learning_rate min_lr warmup_iters weight_decay grad_clip log_interval seed out_dir "
-            "resume start").split()
+            "eval_iters learning_rate min_lr mlp residual layernorm init optimizer beta2 warmup_iters "
+            "weight_decay grad_clip log_interval seed out_dir resume start").split()
 
 # ---------------------------------------------------------------------------------------------- data
 def held_out(digits):
@@ -106,7 +113,8 @@ def make_tokenizer(vocab):
 
 # --------------------------------------------------------------------------------------------- model
 class CausalSelfAttention(nn.Module):
-    """All heads at once: one projection makes every head's query, key and value."""
+    """All heads at once: one projection makes every head's query, key and value (the lecture's Head makes
+    one head's, and MultiHeadAttention runs n_head of them one after the other)."""
 
     def __init__(self, n_embd, n_head, dropout):
         super().__init__()
@@ -114,18 +122,18 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(n_embd, 3 * n_embd)
         self.proj = nn.Linear(n_embd, n_embd)
         self.dropout = nn.Dropout(dropout)
-        self.keep_weights = False  # True: the explicit path, which keeps the attention in .weights
+        self.keep_weights = False  # True: the explicit path, which keeps the attention weights in .wei
 
     def forward(self, x):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
         hs = C // self.n_head  # head size
         q, k, v = (t.view(B, T, self.n_head, hs).transpose(1, 2) for t in (q, k, v))  # each (B, nh, T, hs)
-        if self.keep_weights:
-            att = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, T), scaled by 1/sqrt(head size)
-            future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
-            self.weights = att.masked_fill(future, float("-inf")).softmax(dim=-1)  # no token sees the future
-            y = self.weights @ v  # (B, nh, T, hs)
+        if self.keep_weights:  # the lecture's formula, for every head at once
+            wei = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, T): affinities, scaled by 1/sqrt(hs)
+            tril = torch.tril(torch.ones(T, T, device=x.device))
+            self.wei = wei.masked_fill(tril == 0, float("-inf")).softmax(dim=-1)  # no token sees the future
+            y = self.wei @ v  # (B, nh, T, hs)
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # the same, fused, never forms (T, T)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
@@ -143,32 +151,38 @@ class MLP(nn.Module):
         return self.dropout(self.proj(h))  # (B, T, C)
 
 class Block(nn.Module):
-    """Communication (attention) then computation (MLP), each pre-norm on a residual path."""
+    """Communication (attention) then computation (MLP), each pre-norm on a residual path. Each switch off
+    takes one idea away, as the lecture's model was before it had it."""
 
-    def __init__(self, n_embd, n_head, dropout):
+    def __init__(self, n_embd, n_head, dropout, mlp=True, residual=True, layernorm=True):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(n_embd)
+        self.ln_1 = nn.LayerNorm(n_embd) if layernorm else nn.Identity()
         self.attn = CausalSelfAttention(n_embd, n_head, dropout)
-        self.ln_2 = nn.LayerNorm(n_embd)
-        self.mlp = MLP(n_embd, dropout)
+        self.ln_2 = nn.LayerNorm(n_embd) if layernorm and mlp else nn.Identity()
+        self.mlp = MLP(n_embd, dropout) if mlp else None
+        self.residual = residual  # False: each part replaces x instead of adding to it
 
     def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+        x = (x if self.residual else 0) + self.attn(self.ln_1(x))
+        if self.mlp:
+            x = (x if self.residual else 0) + self.mlp(self.ln_2(x))
+        return x
 
 class GPT(nn.Module):
-    def __init__(self, vocab_size, block_size, n_embd, n_head, n_layer, dropout):
+    def __init__(self, vocab_size, block_size, n_embd, n_head, n_layer, dropout, mlp=True, residual=True,
+                 layernorm=True, init="gpt2"):
         super().__init__()
         self.block_size = block_size
         self.token_embedding = nn.Embedding(vocab_size, n_embd)
         self.position_embedding = nn.Embedding(block_size, n_embd)
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.Sequential(*[Block(n_embd, n_head, dropout) for _ in range(n_layer)])
-        self.ln_f = nn.LayerNorm(n_embd)
+        self.blocks = nn.Sequential(*[Block(n_embd, n_head, dropout, mlp, residual, layernorm)
+                                      for _ in range(n_layer)])
+        self.ln_f = nn.LayerNorm(n_embd) if layernorm else nn.Identity()
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.token_embedding.weight  # tied, as in GPT-2: one matrix reads and writes
-        for name, p in self.named_parameters():  # GPT-2's initialisation
-            if name.endswith("bias"):
+        for name, p in self.named_parameters() if init == "gpt2" else []:  # else PyTorch's defaults stay
+            if name.endswith("bias"):  # GPT-2's initialisation
                 nn.init.zeros_(p)
             elif p.dim() == 2:  # residual projections shrunk, so that the residual stream keeps its scale
                 std = 0.02 / math.sqrt(2 * n_layer) if name.endswith("proj.weight") else 0.02
@@ -188,7 +202,7 @@ class GPT(nn.Module):
         """Extend idx (B, T) by max_new_tokens tokens, each fed back in; temperature 0 is greedy."""
         for _ in range(max_new_tokens):
             logits, _ = self(idx[:, -self.block_size:])  # crop the context to what the model knows
-            logits = logits[:, -1, :]  # (B, vocab_size): the last position predicts the next token
+            logits = logits[:, -1, :].float()  # (B, vocab_size): the last position, in float32 under autocast
             if temperature == 0:
                 idx_next = logits.argmax(dim=-1, keepdim=True)
             else:
@@ -238,15 +252,16 @@ class Muon(torch.optim.Optimizer):
                     p.add_(u, alpha=-group["lr"] * 0.2 * max(shape) ** 0.5)
 
 def make_optimizers(model):
-    """Muon for the matrices inside the blocks; AdamW for the rest, with weight decay on matrices only.
-    (The lecture uses AdamW alone: README.md says why these two.)"""
+    """optimizer=muon: Muon for the matrices inside the blocks, AdamW for the rest (README.md says why);
+    optimizer=adamw: AdamW for every parameter, as the lecture. Weight decay on matrices only."""
     in_blocks = [p for name, p in model.named_parameters() if name.startswith("blocks.") and p.dim() == 2]
-    matrices = [p for name, p in model.named_parameters() if not name.startswith("blocks.") and p.dim() == 2]
+    muon = in_blocks if optimizer == "muon" else []
+    matrices = [p for p in model.parameters() if p.dim() == 2 and all(p is not m for m in muon)]
     others = [p for p in model.parameters() if p.dim() < 2]  # biases and norms
     groups = [{"params": matrices, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}]
     fused = not device.startswith("mps")  # one kernel for the whole update, on CUDA and the CPU
-    return [Muon(in_blocks, lr=learning_rate, weight_decay=weight_decay),
-            torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.99), fused=fused)]
+    adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, beta2), fused=fused)
+    return [Muon(muon, lr=learning_rate, weight_decay=weight_decay), adamw] if muon else [adamw]
 
 # ------------------------------------------------------------------------------------------ training
 def get_batch(split, generator=None):
@@ -309,18 +324,20 @@ def optimize(model, optimizers, scaler, loss, lr):
 
 def train(model, optimizers, scaler, ctx, data, run):
     """Steps run["step"] to max_iters: progress every log_interval steps; the losses and a checkpoint every
-    eval_interval steps and at the end. run is what the checkpoint keeps besides the model."""
+    eval_interval steps and at the end. run is what the checkpoint keeps besides the model and optimizers."""
     first, started, last = run["step"], time.time(), time.time()
     tokens, recent = 0, []
     for step in range(first, max_iters + 1):  # a resumed run has evaluated its first step already
         evaluating = (step % eval_interval == 0 or step == max_iters) and (step > first or not run["history"])
         if evaluating or (step % log_interval == 0 and step > first):
             now, line = time.time(), f"step {step}/{max_iters}"
+            if recent:  # the mean loss of the batches since the last line, for the loss picture too
+                run["progress"].append((step, torch.stack(recent).mean().item()))
             if evaluating:
                 losses, report = evaluate(model, data, ctx)
                 line += f" | {report}"
             else:
-                line += f" | loss {torch.stack(recent).mean().item():.4f}"  # the batches since the last line
+                line += f" | loss {run['progress'][-1][1]:.4f}"
             if step > first:
                 left = (now - started) / (step - first) * (max_iters - step)
                 speed = tokens / max(now - last, 1e-6)
@@ -347,7 +364,7 @@ def last_block_attention(model, idx):
     attn.keep_weights = True  # the explicit path, which keeps the weights
     model(idx)
     attn.keep_weights = False
-    return attn.weights[0].float().cpu()
+    return attn.wei[0].float().cpu()
 
 def print_attention(weights, labels, row):
     """The attention as text, a shade per weight: ' ' is 0 (the future), '.' up to 1/9, ... '@' up to 1."""
@@ -369,8 +386,8 @@ def main():
     check_split()
     data = {"train": "train", "val": "val",  # get_batch's splits, and the inputs the model is judged on
             "held-out": input_set(held=True), "train inputs": input_set(held=False)}
-    model = GPT(len(vocab), 2 * length - 1, n_embd, n_head, n_layer, dropout).to(device)
-    optimizers = make_optimizers(model)
+    model = GPT(len(vocab), 2 * length - 1, n_embd, n_head, n_layer, dropout, mlp, residual, layernorm, init)
+    optimizers = make_optimizers(model.to(device))
     multisets = len({tuple(sorted(x)) for x in data["held-out"].tolist()})
     print(f"{SCRIPT}: device {device} | {sum(p.numel() for p in model.parameters()):,} parameters | "
           f"sorting {length} digits from 0-{num_digits - 1}: {num_digits ** length:,} inputs, "
@@ -379,7 +396,7 @@ def main():
     run = restore(checkpoint, model, optimizers, scaler, vocab)
     if max_iters > run["step"]:
         train(model, optimizers, scaler, ctx, data, run)
-        plot_losses(run["history"])
+        plot_losses(run)
     for name in ("held-out", "train inputs"):  # greedy generation, exact match of the whole sorted half
         accuracy, mistakes = sort_accuracy(model, data[name])
         print(f"{name}: {accuracy:.2%} of {len(data[name]):,} inputs sorted exactly right")
@@ -397,7 +414,8 @@ def main():
 # Plumbing, the same in every script: settings, errors, device, data files, checkpoints, pictures.
 # ===================================================================================================
 SCRIPT = "sort_task"
-MODEL_KEYS = ("length", "num_digits", "n_embd", "n_head", "n_layer")  # what a checkpoint's model is
+MODEL_KEYS = ("length", "num_digits", "n_embd", "n_head", "n_layer", "mlp", "residual", "layernorm",
+              "optimizer")  # what a checkpoint's model and optimizers are
 KEEP = ("device", "out_dir", "resume", "start")  # never from it
 
 def setting_problems():
@@ -410,6 +428,8 @@ def setting_problems():
         (0 <= dropout < 1, f"dropout={dropout} is not in [0, 1)"),
         (0 <= min_lr <= learning_rate and learning_rate > 0, "learning_rate must be > 0, min_lr in [0, it]"),
         (min(max_iters, warmup_iters, grad_clip) >= 0, "max_iters, warmup_iters and grad_clip must be >= 0"),
+        (optimizer in ("muon", "adamw") and init in ("gpt2", "pytorch") and 0 <= beta2 < 1,
+         f"optimizer={optimizer!r} init={init!r} beta2={beta2}: muon or adamw, gpt2 or pytorch, in [0, 1)"),
         (0 <= seed < 2**63, f"seed={seed} is not in [0, 2**63)"),
         (start == "" or len(start) == length and set(start) <= set("0123456789"[:num_digits]),
          f"start={start!r} is not {length} digits from 0 to {num_digits - 1}"),
@@ -447,37 +467,41 @@ def clear_errors():
         yield
     except KeyboardInterrupt:
         where = "" if out_dir == "out" else f" out_dir={out_dir}"
-        die(f"interrupted; {checkpoint_path()} holds the last evaluation, if any: "
-            f"resume=true{where} goes on from it", 130)
+        die(f"interrupted; {checkpoint_path()} holds the last evaluation: resume=true{where} goes on from it"
+            if os.path.isfile(checkpoint_path()) else "interrupted; no checkpoint was written", 130)
     except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
         if "out of memory" not in str(e) and "can't allocate memory" not in str(e):
             raise
         die(f"out of memory on {device}: make batch_size, block_size or the model smaller")
 
 def configure(argv):
-    """Set the hyperparameters from name=value arguments and return the names set. In a notebook the
-    arguments are the kernel's own: there the settings are the lines above, and all count as set."""
+    """Set the hyperparameters from name=value arguments and return the names set: a device= first (it picks
+    its own sizes), then a lecture= preset, then the others, which win. In a notebook the arguments are the
+    kernel's own: there the settings are the lines above (and their preset), and all count as set."""
     notebook = "kernel_launcher" in os.path.basename(argv[0] if argv else "") or "__file__" not in globals()
     args, given = ([], set(SETTINGS)) if notebook else (argv[1:], set())
-    if {"-h", "--help"} & set(args):
-        print((globals().get("__doc__") or "").strip(), "\nSettings (name=value) and their defaults here:",
-              *(f"  {k}={globals()[k]!r}" for k in SETTINGS), sep="\n")
-        sys.exit(0)
     valid = "valid settings: " + " ".join(f"{k}={globals()[k]!r}" for k in SETTINGS)
-    for arg in args:
+    values = {}
+    for arg in (a for a in args if a not in ("-h", "--help")):
         name, eq, text = arg.lstrip("-").partition("=")
         if not eq or name not in SETTINGS:
             close = difflib.get_close_matches(name, SETTINGS, 1)
             die(f"unknown setting {arg!r}{f' (did you mean {close[0]}?)' if close else ''}; {valid}", 2)
         kind = type(globals()[name])
         try:
-            globals()[name] = {"true": True, "1": True, "false": False, "0": False}[text.lower()] \
+            values[name] = {"true": True, "1": True, "false": False, "0": False}[text.lower()] \
                 if kind is bool else kind(text)
         except (KeyError, ValueError):
             die(f"{name}={text!r} is not a valid {kind.__name__}; {valid}", 2)
-        if kind is float and not math.isfinite(globals()[name]):
+        if kind is float and not math.isfinite(values[name]):
             die(f"{name}={text!r} is not a finite number", 2)
-        given.add(name)
+    if "device" in values and "sizes" in globals():
+        sizes(values["device"])
+    preset = globals().get("LECTURE", {}).get(values.get("lecture", globals().get("lecture")), {})
+    globals().update({**preset, **values})
+    given |= set(preset) | set(values)
+    if {"-h", "--help"} & set(args):
+        print_help()
     checked_later = resume or max_iters == 0  # then with the checkpoint's settings, in load_checkpoint
     for problem in [] if checked_later else setting_problems()[:1]:
         die(problem, 2)
@@ -488,6 +512,16 @@ def configure(argv):
     if not writable or os.path.isdir(checkpoint_path()):
         die(f"out_dir={out_dir!r} is not a folder this script can write {SCRIPT}.pt in", 2)
     return given
+
+def print_help():
+    """The docstring, then every setting as it would be used, with its comment from this file; exit 0."""
+    with open(__file__, encoding="utf-8") as f:
+        notes = dict(reversed(re.findall(r"^ *(\w+) = .*?  # (.*)$", f.read(), re.M)))  # a name's first
+    print((globals().get("__doc__") or "").strip(), "\nSettings (name=value), as they would be used here:",
+          *(f"  {f'{k}={globals()[k]!r}':<26} {notes.get(k, '')}" for k in SETTINGS), sep="\n")
+    for name, preset in globals().get("LECTURE", {}).items():
+        print(f"lecture={name} sets " + " ".join(f"{k}={v}" for k, v in preset.items()))
+    sys.exit(0)
 
 def set_up_device():
     """Seed; on CUDA, TF32 and autocast: bf16 where the GPU has it in hardware (compute capability 8.0 and
@@ -534,20 +568,25 @@ def restore(checkpoint, model, optimizers, scaler, vocab):
     """The run so far: a new one, or the checkpoint's, with the model (and, to resume, the optimizers, the
     gradient scaler and the random state) as they were when it was saved."""
     if checkpoint is None:
-        return {"vocab": vocab, "step": 0, "history": [], "best_val_loss": math.inf}
+        keep_previous()
+        return {"vocab": vocab, "step": 0, "history": [], "progress": [], "best_val_loss": math.inf}
     try:
         if checkpoint["vocab"] != vocab:
             raise ValueError("another vocabulary")
         model.load_state_dict(checkpoint["model"])
         if resume:
             for optimizer, state in zip(optimizers, checkpoint["optimizer"], strict=True):
-                optimizer.load_state_dict(state)
+                settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+                optimizer.load_state_dict(state)  # its state, and its saved settings, which this run replaces
+                for group, setting in zip(optimizer.param_groups, settings, strict=True):
+                    group.update(setting)
             if checkpoint["scaler"]:  # empty unless it was trained in fp16
                 scaler.load_state_dict(checkpoint["scaler"])
             torch.set_rng_state(checkpoint["rng"]["cpu"])
-            if device.startswith("cuda") and "cuda" in checkpoint["rng"]:
-                torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
-        run = {k: checkpoint[k] for k in ("vocab", "step", "history", "val_loss", "best_val_loss")}
+            if (kind := device.split(":")[0]) in checkpoint["rng"] and kind != "cpu":  # dropout on a GPU
+                getattr(torch, kind).set_rng_state(checkpoint["rng"][kind], device)
+        run = {k: checkpoint[k] for k in ("vocab", "step", "history", "progress", "val_loss",
+                                          "best_val_loss")}
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         unusable(e if isinstance(e, ValueError) else type(e).__name__)
     print(f"loaded {checkpoint_path()}: step {run['step']}, val {run['val_loss']:.4f}")
@@ -555,15 +594,33 @@ def restore(checkpoint, model, optimizers, scaler, vocab):
         print(f"max_iters={max_iters} is reached already: nothing to train; set max_iters= higher to go on")
     return run
 
+def keep_previous():
+    """A new run moves the checkpoint of the run before (unless it trained nothing) to out_dir/previous/, over
+    the one there: a run started by mistake costs no trained model."""
+    path, kept = checkpoint_path(), os.path.join(out_dir, "previous")
+    try:
+        step = torch.load(path, map_location="cpu", weights_only=True)["step"] if os.path.isfile(path) else 0
+    except Exception:  # not a checkpoint this script can read: kept all the same
+        step = "?"
+    if step != 0:
+        try:
+            os.makedirs(kept, exist_ok=True)
+            os.replace(path, os.path.join(kept, f"{SCRIPT}.pt"))
+        except OSError as e:
+            die(f"could not move {path} to {kept} ({e}); set out_dir= another folder")
+        print(f"the previous run's checkpoint (step {step}) is now {kept}/{SCRIPT}.pt: resume=true "
+              f"out_dir={kept} goes on from it")
+
 def save_checkpoint(model, optimizers, scaler, run, step, val_loss):
     """All an exact resume needs, to a temporary file then renamed: never half a checkpoint."""
+    path = checkpoint_path()
+    kept = f"{path} keeps the last evaluation" if os.path.isfile(path) else "no checkpoint was written"
     if not math.isfinite(val_loss):
-        die(f"the val loss is {val_loss} at step {step}: lower learning_rate (the last checkpoint is kept)")
+        die(f"the val loss is {val_loss} at step {step}: lower learning_rate ({kept})")
     run.update(step=step, val_loss=val_loss, best_val_loss=min(run["best_val_loss"], val_loss))
     rng = {"cpu": torch.get_rng_state()}  # the batches, and dropout on the CPU
-    if device.startswith("cuda"):
-        rng["cuda"] = torch.cuda.get_rng_state(device)
-    path = checkpoint_path()
+    if (kind := device.split(":")[0]) != "cpu":  # dropout on a GPU
+        rng[kind] = getattr(torch, kind).get_rng_state(device)
     try:
         os.makedirs(out_dir, exist_ok=True)
         torch.save({**run, "script": SCRIPT, "config": {k: globals()[k] for k in SETTINGS}, "rng": rng,
@@ -571,7 +628,7 @@ def save_checkpoint(model, optimizers, scaler, run, step, val_loss):
                     "scaler": scaler.state_dict()}, path + ".tmp")
         os.replace(path + ".tmp", path)
     except (OSError, RuntimeError) as e:  # a full disk, say
-        die(f"could not write {path} ({e}); the last checkpoint is kept")
+        die(f"could not write {path} ({e}); {kept}")
     finally:  # failed or interrupted: no half-written file left
         if os.path.isfile(path + ".tmp"):
             os.remove(path + ".tmp")
@@ -587,21 +644,28 @@ def figure(**kwargs):
     return Figure(**kwargs)
 
 def save_figure(fig, name):
+    """To out_dir/SCRIPT_NAME.png; in a notebook, shown in the cell too."""
     path = os.path.join(out_dir, f"{SCRIPT}_{name}.png")
     try:
         os.makedirs(out_dir, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")
         print(f"{name} picture saved to {path}")
     except OSError as e:
-        print(f"could not save {path} ({e})")
+        return print(f"could not save {path} ({e})")
+    if hasattr(getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)(), "kernel"):  # a notebook
+        from IPython.display import Image, display
+        display(Image(filename=path))
 
-def plot_losses(history):
+def plot_losses(run):
+    """The loss of the batches of every progress line, and the train and val loss of every evaluation."""
     fig = figure(figsize=(6, 4))
     if fig:
         ax = fig.subplots()
-        steps, train, val = zip(*history)
-        ax.plot(steps, train, label="train")
-        ax.plot(steps, val, label="val")
+        if run["progress"]:
+            ax.plot(*zip(*run["progress"]), color="C0", alpha=0.35, label="train, the last batches")
+        steps, train, val = zip(*run["history"])
+        ax.plot(steps, train, "o-", color="C0", label="train")
+        ax.plot(steps, val, "o-", color="C1", label="val")
         ax.set(xlabel="step", ylabel="loss (nats per token)")
         ax.set_title(f"{SCRIPT}.py " + " ".join(f"{k}={globals()[k]}" for k in MODEL_KEYS), fontsize=8)
         ax.legend()

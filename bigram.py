@@ -290,11 +290,8 @@ def check_prompt(unknown, data):
         die(f"dataset={dataset} is too short for block_size={block_size}: {len(data['train']):,} tokens to "
             f"train on, {len(data['val']):,} to validate on; each needs more than block_size")
 
-class Stopped(Exception):
-    """A mistake, in a notebook: IPython shows what _render_traceback_ returns instead of a traceback."""
-
-    def _render_traceback_(self):
-        return [str(self)]
+class Stopped(Exception):  # a mistake, in a notebook: IPython shows _render_traceback_, not a traceback
+    _render_traceback_ = lambda self: [str(self)]  # noqa: E731
 
 def die(message, status=1):
     """Stop with one sentence: on stderr with a non-zero exit status, or in a notebook as the cell's error."""
@@ -318,23 +315,20 @@ def clear_errors():
         die(f"out of memory on {device}: make batch_size, block_size or the model smaller")
 
 def configure(argv):
-    """Set the hyperparameters from name=value arguments and return the names set: a device= first (it picks
-    its own sizes), then a lecture= preset, then the others, which win. In a notebook the arguments are the
-    kernel's own: there the settings are the lines above (and their preset), and all count as set."""
+    """Set the hyperparameters from name=value arguments (device= picks its sizes, lecture= its preset, the
+    others win); return the names set. In a notebook all are set, by the lines above (and their preset)."""
     notebook = "kernel_launcher" in os.path.basename(argv[0] if argv else "") or "__file__" not in globals()
     args, given = ([], set(SETTINGS)) if notebook else (argv[1:], set())
-    valid = "valid settings: " + " ".join(f"{k}={globals()[k]!r}" for k in SETTINGS)
-    values = {}
+    values, valid = {}, "valid settings: " + " ".join(f"{k}={globals()[k]!r}" for k in SETTINGS)
     for arg in (a for a in args if a not in ("-h", "--help")):
         name, eq, text = arg.lstrip("-").partition("=")
         if not eq or name not in SETTINGS:
             close = difflib.get_close_matches(name, SETTINGS, 1)
             die(f"unknown setting {arg!r}{f' (did you mean {close[0]}?)' if close else ''}; {valid}", 2)
         kind = type(globals()[name])
-        try:
-            values[name] = {"true": True, "1": True, "false": False, "0": False}[text.lower()] \
-                if kind is bool else kind(text)
-        except (KeyError, ValueError):
+        try:  # a bool: true or 1, false or 0
+            values[name] = ("false", "0", "true", "1").index(text.lower()) > 1 if kind is bool else kind(text)
+        except ValueError:
             die(f"{name}={text!r} is not a valid {kind.__name__}; {valid}", 2)
         if kind is float and not math.isfinite(values[name]):
             die(f"{name}={text!r} is not a finite number", 2)
@@ -343,32 +337,26 @@ def configure(argv):
     preset = globals().get("LECTURE", {}).get(values.get("lecture", globals().get("lecture")), {})
     globals().update({**preset, **values})
     given |= set(preset) | set(values)
-    if {"-h", "--help"} & set(args):
-        print_help()
-    checked_later = resume or max_iters == 0  # then with the checkpoint's settings, in load_checkpoint
-    for problem in [] if checked_later else setting_problems()[:1]:
+    if {"-h", "--help"} & set(args):  # the docstring, then the settings as they would be used, explained
+        with open(__file__, encoding="utf-8") as f:
+            notes = dict(reversed(re.findall(r"^ *(\w+) = .*?  # (.*)$", f.read(), re.M)))  # a name's first
+        print(__doc__.strip(), "\nSettings (name=value), as they would be used here:",
+              *(f"  {f'{k}={globals()[k]!r}':<26} {notes.get(k, '')}" for k in SETTINGS),
+              *(f"lecture={name} sets {' '.join(f'{k}={v}' for k, v in rung.items())}"
+                for name, rung in globals().get("LECTURE", {}).items()), sep="\n")
+        sys.exit(0)
+    for problem in [] if resume or max_iters == 0 else setting_problems()[:1]:  # else in load_checkpoint
         die(problem, 2)
-    parent = out_dir  # out_dir, or the folder that will hold it, must be a folder one can write in
+    parent = os.path.abspath(out_dir)  # out_dir, or the folder that will hold it: a folder one can write in
     while not os.path.exists(parent):
-        parent = os.path.dirname(os.path.abspath(parent))
+        parent = os.path.dirname(parent)
     writable = os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)
     if not writable or os.path.isdir(checkpoint_path()):
         die(f"out_dir={out_dir!r} is not a folder this script can write {SCRIPT}.pt in", 2)
     return given
 
-def print_help():
-    """The docstring, then every setting as it would be used, with its comment from this file; exit 0."""
-    with open(__file__, encoding="utf-8") as f:
-        notes = dict(reversed(re.findall(r"^ *(\w+) = .*?  # (.*)$", f.read(), re.M)))  # a name's first
-    print((globals().get("__doc__") or "").strip(), "\nSettings (name=value), as they would be used here:",
-          *(f"  {f'{k}={globals()[k]!r}':<26} {notes.get(k, '')}" for k in SETTINGS), sep="\n")
-    for name, preset in globals().get("LECTURE", {}).items():
-        print(f"lecture={name} sets " + " ".join(f"{k}={v}" for k, v in preset.items()))
-    sys.exit(0)
-
 def set_up_device():
-    """Seed; on CUDA, TF32 and autocast: bf16 where the GPU has it in hardware (compute capability 8.0 and
-    up), else fp16 with a gradient scaler (a T4). The CPU and an Apple GPU train in float32."""
+    """Seed; on CUDA: TF32, and bf16 autocast where the GPU has bf16 in hardware (8.0+), else fp16 (a T4)."""
     torch.manual_seed(seed)
     kind, dtype = device.split(":")[0], torch.float32
     if kind == "cuda":
@@ -390,8 +378,7 @@ DATA_FILES = {  # name in data/: (pinned download URL, SHA-256)
 }
 
 def data_files(*names):
-    """The paths of data/NAME, each checked against its SHA-256 and downloaded first if it is missing.
-    Stops naming every file it could not get."""
+    """The paths of data/NAME, each checked against its SHA-256, downloaded if missing; else every problem."""
     problems = []
     for name in names:
         url, sha256 = DATA_FILES[name]
@@ -435,10 +422,8 @@ def read_text(path):
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
-    except UnicodeDecodeError:
-        die(f"{path} is not UTF-8 text (a binary file, or text saved in another encoding): save it as UTF-8")
-    except OSError as e:
-        die(f"could not read {path} ({e.strerror})")
+    except (OSError, UnicodeDecodeError) as e:  # UnicodeDecodeError: a binary file, or another encoding
+        die(f"{path} is not UTF-8 text" if isinstance(e, UnicodeError) else f"could not read {path} ({e})")
     if "\x00" in text or not text.strip():
         die(f"{path} is {'a binary file, not text' if text.strip() else 'empty'}")
     return text
@@ -459,24 +444,20 @@ def read_atticus(path):
             tag.decompose()
         for tag in letter.find_all(["p", "l"]):
             tag.append(" ")  # a paragraph or verse line ends a word even where no space follows it
-        parts = []
-        for name in ("dateline", "salute"):
-            tag = letter.find(attrs={"rend": name}) or letter.find(name)
-            parts.append(" ".join(tag.extract().get_text().split()) if tag else "")
-        parts.append(" ".join(letter.get_text().split()))
-        letters.append("\n".join(parts))
+        tags = [letter.find(attrs={"rend": name}) or letter.find(name) for name in ("dateline", "salute")]
+        parts = [" ".join(tag.extract().get_text().split()) if tag else "" for tag in tags]
+        letters.append("\n".join([*parts, " ".join(letter.get_text().split())]))  # then the rest
     return "\n\n".join(letters)
 
 def checkpoint_path():
     return os.path.join(out_dir, f"{SCRIPT}.pt")
 
 def unusable(why):
-    die(f"{checkpoint_path()} is not a checkpoint this {SCRIPT}.py can use ({why}); train anew, "
-        f"or set out_dir= another folder")
+    die(f"{checkpoint_path()} is not a checkpoint {SCRIPT}.py can use ({why}): train anew, or change out_dir")
 
 def load_checkpoint(given):
-    """The checkpoint for resume=true or max_iters=0. Its settings replace those not given (but for KEEP):
-    max_iters too, the length of the learning-rate schedule. A model setting given that differs: an error."""
+    """The checkpoint for resume=true or max_iters=0. Its settings replace those not given (but for KEEP),
+    max_iters too (the length of the learning-rate schedule); a model setting given that differs: an error."""
     path = checkpoint_path()
     if not os.path.exists(path):
         die(f"{'resume=true' if resume else 'max_iters=0'} needs a checkpoint, and there is none at {path}; "
@@ -498,10 +479,18 @@ def load_checkpoint(given):
     return checkpoint
 
 def restore(checkpoint, model, optimizers, scaler, vocab):
-    """The run so far: a new one, or the checkpoint's, with the model (and, to resume, the optimizers, the
-    gradient scaler and the random state) as they were when it was saved."""
-    if checkpoint is None:
-        keep_previous()
+    """The run so far: a new one, or the checkpoint's (model; to resume, optimizers, scaler, random state)."""
+    path, kept = checkpoint_path(), os.path.join(out_dir, "previous")
+    if checkpoint is None:  # a new run: the checkpoint of the run before, unless it trained nothing, is kept
+        try:
+            step = os.path.isfile(path) and torch.load(path, map_location="cpu", weights_only=True)["step"]
+        except Exception:  # not a checkpoint this script can read: kept all the same
+            step = "?"
+        if step:  # 0, or False: no file
+            os.makedirs(kept, exist_ok=True)
+            os.replace(path, os.path.join(kept, f"{SCRIPT}.pt"))
+            print(f"the previous run's checkpoint (step {step}) is now {kept}/{SCRIPT}.pt: resume=true "
+                  f"out_dir={kept} goes on from it")
         return {"vocab": vocab, "step": 0, "history": [], "progress": [], "best_val_loss": math.inf}
     try:
         if checkpoint["vocab"] != vocab:
@@ -509,40 +498,21 @@ def restore(checkpoint, model, optimizers, scaler, vocab):
         model.load_state_dict(checkpoint["model"])
         if resume:
             for optimizer, state in zip(optimizers, checkpoint["optimizer"], strict=True):
-                settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-                optimizer.load_state_dict(state)  # its state, and its saved settings, which this run replaces
-                for group, setting in zip(optimizer.param_groups, settings, strict=True):
-                    group.update(setting)
+                state["param_groups"] = [{**old, **{k: v for k, v in new.items() if k != "params"}}
+                                         for old, new in zip(state["param_groups"], optimizer.param_groups)]
+                optimizer.load_state_dict(state)  # with this run's settings, not the saved ones
             if checkpoint["scaler"]:  # empty unless it was trained in fp16
                 scaler.load_state_dict(checkpoint["scaler"])
             torch.set_rng_state(checkpoint["rng"]["cpu"])
             if (kind := device.split(":")[0]) in checkpoint["rng"] and kind != "cpu":  # dropout on a GPU
                 getattr(torch, kind).set_rng_state(checkpoint["rng"][kind], device)
-        run = {k: checkpoint[k] for k in ("vocab", "step", "history", "progress", "val_loss",
-                                          "best_val_loss")}
+        run = {k: checkpoint[k] for k in "vocab step history progress val_loss best_val_loss".split()}
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         unusable(e if isinstance(e, ValueError) else type(e).__name__)
-    print(f"loaded {checkpoint_path()}: step {run['step']}, val {run['val_loss']:.4f}")
+    print(f"loaded {path}: step {run['step']}, val {run['val_loss']:.4f}")
     if resume and run["step"] >= max_iters:
         print(f"max_iters={max_iters} is reached already: nothing to train; set max_iters= higher to go on")
     return run
-
-def keep_previous():
-    """A new run moves the checkpoint of the run before (unless it trained nothing) to out_dir/previous/, over
-    the one there: a run started by mistake costs no trained model."""
-    path, kept = checkpoint_path(), os.path.join(out_dir, "previous")
-    try:
-        step = torch.load(path, map_location="cpu", weights_only=True)["step"] if os.path.isfile(path) else 0
-    except Exception:  # not a checkpoint this script can read: kept all the same
-        step = "?"
-    if step != 0:
-        try:
-            os.makedirs(kept, exist_ok=True)
-            os.replace(path, os.path.join(kept, f"{SCRIPT}.pt"))
-        except OSError as e:
-            die(f"could not move {path} to {kept} ({e}); set out_dir= another folder")
-        print(f"the previous run's checkpoint (step {step}) is now {kept}/{SCRIPT}.pt: resume=true "
-              f"out_dir={kept} goes on from it")
 
 def save_checkpoint(model, optimizers, scaler, run, step, val_loss):
     """All an exact resume needs, to a temporary file then renamed: never half a checkpoint."""
@@ -591,18 +561,17 @@ def save_figure(fig, name):
 
 def plot_losses(run):
     """The loss of the batches of every progress line, and the train and val loss of every evaluation."""
-    fig = figure(figsize=(6, 4))
-    if fig:
-        ax = fig.subplots()
-        if run["progress"]:
-            ax.plot(*zip(*run["progress"]), color="C0", alpha=0.35, label="train, the last batches")
-        steps, train, val = zip(*run["history"])
-        ax.plot(steps, train, "o-", color="C0", label="train")
-        ax.plot(steps, val, "o-", color="C1", label="val")
-        ax.set(xlabel="step", ylabel="loss (nats per token)")
-        ax.set_title(f"{SCRIPT}.py " + " ".join(f"{k}={globals()[k]}" for k in MODEL_KEYS), fontsize=8)
-        ax.legend()
-        save_figure(fig, "loss")
+    if not (fig := figure(figsize=(6, 4))):
+        return
+    ax = fig.subplots()
+    ax.plot(*zip(*run["progress"]), color="C0", alpha=0.35, label="train, the batches of each line")
+    steps, train, val = zip(*run["history"])
+    ax.plot(steps, train, "o-", color="C0", label="train")
+    ax.plot(steps, val, "o-", color="C1", label="val")
+    ax.set(xlabel="step", ylabel="loss (nats per token)")
+    ax.set_title(f"{SCRIPT}.py " + " ".join(f"{k}={globals()[k]}" for k in MODEL_KEYS), fontsize=8, wrap=True)
+    ax.legend()
+    save_figure(fig, "loss")
 
 if __name__ == "__main__":
     with clear_errors():

@@ -36,20 +36,21 @@ from torch.nn import functional as F
 device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
 length = 6  # digits per sequence to sort
 num_digits = 5  # the digits are 0 .. num_digits-1, at most 10
-batch_size = 64  # sequences per step
+batch_size = 128  # sequences per step
 n_layer = 2  # Transformer blocks
 n_head = 4  # attention heads per block; must divide n_embd
 n_embd = 64  # width of the residual stream
-dropout = 0.0  # on the embeddings and on what each block adds to the residual stream, 0 to <1
-max_iters = 600  # optimizer steps
-eval_interval = 200  # steps between evaluations and checkpoints
+dropout = 0.1  # on the embeddings and on what each block adds to the residual stream, 0 to <1
+max_iters = 1000  # optimizer steps
+eval_interval = 250  # steps between evaluations and checkpoints
 eval_iters = 10  # batches per loss estimate
 learning_rate = 3e-3  # peak, after warm-up (Muon and AdamW alike)
-min_lr = 3e-4  # reached at the last step by cosine decay
+min_lr = 0.0  # reached at the last step by cosine decay; = learning_rate: constant
 mlp = True  # each block's feed-forward layer, the "computation" after the attention's "communication"
 residual = True  # each block adds to its input (x = x + f(x)); false: replaces it (x = f(x))
 layernorm = True  # the norms before attention and MLP, and the final one
 init = "gpt2"  # gpt2: GPT-2's small weights | pytorch: PyTorch's defaults, which the lecture's rungs had
+tie = True  # the output layer reads the token embedding's matrix, as in GPT-2; false: its own (the lecture)
 optimizer = "muon"  # muon: Muon for the blocks' matrices, AdamW for the rest | adamw: AdamW for all
 beta2 = 0.99  # AdamW's decay of its mean squared gradient (PyTorch's default, the lecture's: 0.999)
 warmup_iters = 50  # steps of linear warm-up; 0 = none
@@ -62,7 +63,7 @@ resume = False  # go on from out_dir/sort_task.pt as if never stopped
 start = ""  # digits to sort after training, e.g. 210210; empty = a held-out example
 # the names above: each can be set as name=value
 SETTINGS = ("device length num_digits batch_size n_layer n_head n_embd dropout max_iters eval_interval "
-            "eval_iters learning_rate min_lr mlp residual layernorm init optimizer beta2 warmup_iters "
+            "eval_iters learning_rate min_lr mlp residual layernorm init tie optimizer beta2 warmup_iters "
             "weight_decay grad_clip log_interval seed out_dir resume start").split()
 
 # ---------------------------------------------------------------------------------------------- data
@@ -151,8 +152,7 @@ class MLP(nn.Module):
         return self.dropout(self.proj(h))  # (B, T, C)
 
 class Block(nn.Module):
-    """Communication (attention) then computation (MLP), each pre-norm on a residual path. Each switch off
-    takes one idea away, as the lecture's model was before it had it."""
+    """Communication (attention) then computation (MLP), each pre-norm on a residual path (each a switch)."""
 
     def __init__(self, n_embd, n_head, dropout, mlp=True, residual=True, layernorm=True):
         super().__init__()
@@ -170,7 +170,7 @@ class Block(nn.Module):
 
 class GPT(nn.Module):
     def __init__(self, vocab_size, block_size, n_embd, n_head, n_layer, dropout, mlp=True, residual=True,
-                 layernorm=True, init="gpt2"):
+                 layernorm=True, init="gpt2", tie=True):
         super().__init__()
         self.block_size = block_size
         self.token_embedding = nn.Embedding(vocab_size, n_embd)
@@ -179,8 +179,9 @@ class GPT(nn.Module):
         self.blocks = nn.Sequential(*[Block(n_embd, n_head, dropout, mlp, residual, layernorm)
                                       for _ in range(n_layer)])
         self.ln_f = nn.LayerNorm(n_embd) if layernorm else nn.Identity()
-        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
-        self.lm_head.weight = self.token_embedding.weight  # tied, as in GPT-2: one matrix reads and writes
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=not tie)  # tie=False: a matrix, a bias of its own
+        if tie:  # as in GPT-2: one matrix reads the tokens and writes them
+            self.lm_head.weight = self.token_embedding.weight
         for name, p in self.named_parameters() if init == "gpt2" else []:  # else PyTorch's defaults stay
             if name.endswith("bias"):  # GPT-2's initialisation
                 nn.init.zeros_(p)
@@ -386,7 +387,8 @@ def main():
     check_split()
     data = {"train": "train", "val": "val",  # get_batch's splits, and the inputs the model is judged on
             "held-out": input_set(held=True), "train inputs": input_set(held=False)}
-    model = GPT(len(vocab), 2 * length - 1, n_embd, n_head, n_layer, dropout, mlp, residual, layernorm, init)
+    model = GPT(len(vocab), 2 * length - 1, n_embd, n_head, n_layer, dropout, mlp, residual, layernorm, init,
+                tie)
     optimizers = make_optimizers(model.to(device))
     multisets = len({tuple(sorted(x)) for x in data["held-out"].tolist()})
     print(f"{SCRIPT}: device {device} | {sum(p.numel() for p in model.parameters()):,} parameters | "
@@ -414,7 +416,7 @@ def main():
 # Plumbing, the same in every script: settings, errors, device, data files, checkpoints, pictures.
 # ===================================================================================================
 SCRIPT = "sort_task"
-MODEL_KEYS = ("length", "num_digits", "n_embd", "n_head", "n_layer", "mlp", "residual", "layernorm",
+MODEL_KEYS = ("length", "num_digits", "n_embd", "n_head", "n_layer", "mlp", "residual", "layernorm", "tie",
               "optimizer")  # what a checkpoint's model and optimizers are
 KEEP = ("device", "out_dir", "resume", "start")  # never from it
 
@@ -447,11 +449,8 @@ def check_split():
         die(f"length={length} num_digits={num_digits} has too few multisets to hold a quarter out; "
             f"make them larger")
 
-class Stopped(Exception):
-    """A mistake, in a notebook: IPython shows what _render_traceback_ returns instead of a traceback."""
-
-    def _render_traceback_(self):
-        return [str(self)]
+class Stopped(Exception):  # a mistake, in a notebook: IPython shows _render_traceback_, not a traceback
+    _render_traceback_ = lambda self: [str(self)]  # noqa: E731
 
 def die(message, status=1):
     """Stop with one sentence: on stderr with a non-zero exit status, or in a notebook as the cell's error."""
@@ -475,23 +474,20 @@ def clear_errors():
         die(f"out of memory on {device}: make batch_size, block_size or the model smaller")
 
 def configure(argv):
-    """Set the hyperparameters from name=value arguments and return the names set: a device= first (it picks
-    its own sizes), then a lecture= preset, then the others, which win. In a notebook the arguments are the
-    kernel's own: there the settings are the lines above (and their preset), and all count as set."""
+    """Set the hyperparameters from name=value arguments (device= picks its sizes, lecture= its preset, the
+    others win); return the names set. In a notebook all are set, by the lines above (and their preset)."""
     notebook = "kernel_launcher" in os.path.basename(argv[0] if argv else "") or "__file__" not in globals()
     args, given = ([], set(SETTINGS)) if notebook else (argv[1:], set())
-    valid = "valid settings: " + " ".join(f"{k}={globals()[k]!r}" for k in SETTINGS)
-    values = {}
+    values, valid = {}, "valid settings: " + " ".join(f"{k}={globals()[k]!r}" for k in SETTINGS)
     for arg in (a for a in args if a not in ("-h", "--help")):
         name, eq, text = arg.lstrip("-").partition("=")
         if not eq or name not in SETTINGS:
             close = difflib.get_close_matches(name, SETTINGS, 1)
             die(f"unknown setting {arg!r}{f' (did you mean {close[0]}?)' if close else ''}; {valid}", 2)
         kind = type(globals()[name])
-        try:
-            values[name] = {"true": True, "1": True, "false": False, "0": False}[text.lower()] \
-                if kind is bool else kind(text)
-        except (KeyError, ValueError):
+        try:  # a bool: true or 1, false or 0
+            values[name] = ("false", "0", "true", "1").index(text.lower()) > 1 if kind is bool else kind(text)
+        except ValueError:
             die(f"{name}={text!r} is not a valid {kind.__name__}; {valid}", 2)
         if kind is float and not math.isfinite(values[name]):
             die(f"{name}={text!r} is not a finite number", 2)
@@ -500,32 +496,26 @@ def configure(argv):
     preset = globals().get("LECTURE", {}).get(values.get("lecture", globals().get("lecture")), {})
     globals().update({**preset, **values})
     given |= set(preset) | set(values)
-    if {"-h", "--help"} & set(args):
-        print_help()
-    checked_later = resume or max_iters == 0  # then with the checkpoint's settings, in load_checkpoint
-    for problem in [] if checked_later else setting_problems()[:1]:
+    if {"-h", "--help"} & set(args):  # the docstring, then the settings as they would be used, explained
+        with open(__file__, encoding="utf-8") as f:
+            notes = dict(reversed(re.findall(r"^ *(\w+) = .*?  # (.*)$", f.read(), re.M)))  # a name's first
+        print(__doc__.strip(), "\nSettings (name=value), as they would be used here:",
+              *(f"  {f'{k}={globals()[k]!r}':<26} {notes.get(k, '')}" for k in SETTINGS),
+              *(f"lecture={name} sets {' '.join(f'{k}={v}' for k, v in rung.items())}"
+                for name, rung in globals().get("LECTURE", {}).items()), sep="\n")
+        sys.exit(0)
+    for problem in [] if resume or max_iters == 0 else setting_problems()[:1]:  # else in load_checkpoint
         die(problem, 2)
-    parent = out_dir  # out_dir, or the folder that will hold it, must be a folder one can write in
+    parent = os.path.abspath(out_dir)  # out_dir, or the folder that will hold it: a folder one can write in
     while not os.path.exists(parent):
-        parent = os.path.dirname(os.path.abspath(parent))
+        parent = os.path.dirname(parent)
     writable = os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)
     if not writable or os.path.isdir(checkpoint_path()):
         die(f"out_dir={out_dir!r} is not a folder this script can write {SCRIPT}.pt in", 2)
     return given
 
-def print_help():
-    """The docstring, then every setting as it would be used, with its comment from this file; exit 0."""
-    with open(__file__, encoding="utf-8") as f:
-        notes = dict(reversed(re.findall(r"^ *(\w+) = .*?  # (.*)$", f.read(), re.M)))  # a name's first
-    print((globals().get("__doc__") or "").strip(), "\nSettings (name=value), as they would be used here:",
-          *(f"  {f'{k}={globals()[k]!r}':<26} {notes.get(k, '')}" for k in SETTINGS), sep="\n")
-    for name, preset in globals().get("LECTURE", {}).items():
-        print(f"lecture={name} sets " + " ".join(f"{k}={v}" for k, v in preset.items()))
-    sys.exit(0)
-
 def set_up_device():
-    """Seed; on CUDA, TF32 and autocast: bf16 where the GPU has it in hardware (compute capability 8.0 and
-    up), else fp16 with a gradient scaler (a T4). The CPU and an Apple GPU train in float32."""
+    """Seed; on CUDA: TF32, and bf16 autocast where the GPU has bf16 in hardware (8.0+), else fp16 (a T4)."""
     torch.manual_seed(seed)
     kind, dtype = device.split(":")[0], torch.float32
     if kind == "cuda":
@@ -538,12 +528,11 @@ def checkpoint_path():
     return os.path.join(out_dir, f"{SCRIPT}.pt")
 
 def unusable(why):
-    die(f"{checkpoint_path()} is not a checkpoint this {SCRIPT}.py can use ({why}); train anew, "
-        f"or set out_dir= another folder")
+    die(f"{checkpoint_path()} is not a checkpoint {SCRIPT}.py can use ({why}): train anew, or change out_dir")
 
 def load_checkpoint(given):
-    """The checkpoint for resume=true or max_iters=0. Its settings replace those not given (but for KEEP):
-    max_iters too, the length of the learning-rate schedule. A model setting given that differs: an error."""
+    """The checkpoint for resume=true or max_iters=0. Its settings replace those not given (but for KEEP),
+    max_iters too (the length of the learning-rate schedule); a model setting given that differs: an error."""
     path = checkpoint_path()
     if not os.path.exists(path):
         die(f"{'resume=true' if resume else 'max_iters=0'} needs a checkpoint, and there is none at {path}; "
@@ -565,10 +554,18 @@ def load_checkpoint(given):
     return checkpoint
 
 def restore(checkpoint, model, optimizers, scaler, vocab):
-    """The run so far: a new one, or the checkpoint's, with the model (and, to resume, the optimizers, the
-    gradient scaler and the random state) as they were when it was saved."""
-    if checkpoint is None:
-        keep_previous()
+    """The run so far: a new one, or the checkpoint's (model; to resume, optimizers, scaler, random state)."""
+    path, kept = checkpoint_path(), os.path.join(out_dir, "previous")
+    if checkpoint is None:  # a new run: the checkpoint of the run before, unless it trained nothing, is kept
+        try:
+            step = os.path.isfile(path) and torch.load(path, map_location="cpu", weights_only=True)["step"]
+        except Exception:  # not a checkpoint this script can read: kept all the same
+            step = "?"
+        if step:  # 0, or False: no file
+            os.makedirs(kept, exist_ok=True)
+            os.replace(path, os.path.join(kept, f"{SCRIPT}.pt"))
+            print(f"the previous run's checkpoint (step {step}) is now {kept}/{SCRIPT}.pt: resume=true "
+                  f"out_dir={kept} goes on from it")
         return {"vocab": vocab, "step": 0, "history": [], "progress": [], "best_val_loss": math.inf}
     try:
         if checkpoint["vocab"] != vocab:
@@ -576,40 +573,21 @@ def restore(checkpoint, model, optimizers, scaler, vocab):
         model.load_state_dict(checkpoint["model"])
         if resume:
             for optimizer, state in zip(optimizers, checkpoint["optimizer"], strict=True):
-                settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-                optimizer.load_state_dict(state)  # its state, and its saved settings, which this run replaces
-                for group, setting in zip(optimizer.param_groups, settings, strict=True):
-                    group.update(setting)
+                state["param_groups"] = [{**old, **{k: v for k, v in new.items() if k != "params"}}
+                                         for old, new in zip(state["param_groups"], optimizer.param_groups)]
+                optimizer.load_state_dict(state)  # with this run's settings, not the saved ones
             if checkpoint["scaler"]:  # empty unless it was trained in fp16
                 scaler.load_state_dict(checkpoint["scaler"])
             torch.set_rng_state(checkpoint["rng"]["cpu"])
             if (kind := device.split(":")[0]) in checkpoint["rng"] and kind != "cpu":  # dropout on a GPU
                 getattr(torch, kind).set_rng_state(checkpoint["rng"][kind], device)
-        run = {k: checkpoint[k] for k in ("vocab", "step", "history", "progress", "val_loss",
-                                          "best_val_loss")}
+        run = {k: checkpoint[k] for k in "vocab step history progress val_loss best_val_loss".split()}
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         unusable(e if isinstance(e, ValueError) else type(e).__name__)
-    print(f"loaded {checkpoint_path()}: step {run['step']}, val {run['val_loss']:.4f}")
+    print(f"loaded {path}: step {run['step']}, val {run['val_loss']:.4f}")
     if resume and run["step"] >= max_iters:
         print(f"max_iters={max_iters} is reached already: nothing to train; set max_iters= higher to go on")
     return run
-
-def keep_previous():
-    """A new run moves the checkpoint of the run before (unless it trained nothing) to out_dir/previous/, over
-    the one there: a run started by mistake costs no trained model."""
-    path, kept = checkpoint_path(), os.path.join(out_dir, "previous")
-    try:
-        step = torch.load(path, map_location="cpu", weights_only=True)["step"] if os.path.isfile(path) else 0
-    except Exception:  # not a checkpoint this script can read: kept all the same
-        step = "?"
-    if step != 0:
-        try:
-            os.makedirs(kept, exist_ok=True)
-            os.replace(path, os.path.join(kept, f"{SCRIPT}.pt"))
-        except OSError as e:
-            die(f"could not move {path} to {kept} ({e}); set out_dir= another folder")
-        print(f"the previous run's checkpoint (step {step}) is now {kept}/{SCRIPT}.pt: resume=true "
-              f"out_dir={kept} goes on from it")
 
 def save_checkpoint(model, optimizers, scaler, run, step, val_loss):
     """All an exact resume needs, to a temporary file then renamed: never half a checkpoint."""
@@ -658,41 +636,37 @@ def save_figure(fig, name):
 
 def plot_losses(run):
     """The loss of the batches of every progress line, and the train and val loss of every evaluation."""
-    fig = figure(figsize=(6, 4))
-    if fig:
-        ax = fig.subplots()
-        if run["progress"]:
-            ax.plot(*zip(*run["progress"]), color="C0", alpha=0.35, label="train, the last batches")
-        steps, train, val = zip(*run["history"])
-        ax.plot(steps, train, "o-", color="C0", label="train")
-        ax.plot(steps, val, "o-", color="C1", label="val")
-        ax.set(xlabel="step", ylabel="loss (nats per token)")
-        ax.set_title(f"{SCRIPT}.py " + " ".join(f"{k}={globals()[k]}" for k in MODEL_KEYS), fontsize=8)
-        ax.legend()
-        save_figure(fig, "loss")
+    if not (fig := figure(figsize=(6, 4))):
+        return
+    ax = fig.subplots()
+    ax.plot(*zip(*run["progress"]), color="C0", alpha=0.35, label="train, the batches of each line")
+    steps, train, val = zip(*run["history"])
+    ax.plot(steps, train, "o-", color="C0", label="train")
+    ax.plot(steps, val, "o-", color="C1", label="val")
+    ax.set(xlabel="step", ylabel="loss (nats per token)")
+    ax.set_title(f"{SCRIPT}.py " + " ".join(f"{k}={globals()[k]}" for k in MODEL_KEYS), fontsize=8, wrap=True)
+    ax.legend()
+    save_figure(fig, "loss")
 
 def draw_attention(weights, labels, divider=None):
     """A heat map per head: row t is what position t attends to; the tokens are the ticks."""
     labels = [{"\n": "\\n", " ": "␣"}.get(c, c) for c in labels]
-    rows = 1 if len(weights) <= 3 else 2
-    cols = math.ceil(len(weights) / rows)
-    fig = figure(figsize=(1 + 4 * cols, 4 * rows), layout="constrained")
-    if fig:
-        axes = fig.subplots(rows, cols, squeeze=False).flatten()
-        size = max(5, min(10, 280 // len(labels)))  # of the ticks' font
-        for h, ax in enumerate(axes[: len(weights)]):
-            image = ax.imshow(weights[h].numpy(), cmap="viridis", vmin=0, vmax=1)
-            ax.set_title(f"head {h}")
-            ax.set_xticks(range(len(labels)), labels, fontsize=size)
-            ax.set_yticks(range(len(labels)), labels, fontsize=size)
-            if divider:  # between the input and the output
-                ax.axvline(divider - 0.5, color="white")
-                ax.axhline(divider - 0.5, color="white")
-        for ax in axes[len(weights):]:
-            ax.axis("off")
-        fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
-        fig.suptitle(f"{SCRIPT}.py: what the last block's heads attend to (row: the position reading)")
-        save_figure(fig, "attention")
+    rows, cols = (1, len(weights)) if len(weights) <= 3 else (2, math.ceil(len(weights) / 2))
+    if not (fig := figure(figsize=(1 + 4 * cols, 4 * rows), layout="constrained")):
+        return
+    size = max(5, min(10, 280 // len(labels)))  # of the ticks' font
+    for h in range(len(weights)):
+        ax = fig.add_subplot(rows, cols, h + 1)
+        image = ax.imshow(weights[h].numpy(), cmap="viridis", vmin=0, vmax=1)
+        ax.set_title(f"head {h}")
+        ax.set_xticks(range(len(labels)), labels, fontsize=size)
+        ax.set_yticks(range(len(labels)), labels, fontsize=size)
+        if divider:  # between the input and the output
+            ax.axvline(divider - 0.5, color="white")
+            ax.axhline(divider - 0.5, color="white")
+    fig.colorbar(image, ax=fig.axes, shrink=0.6, label="attention weight")
+    fig.suptitle(f"{SCRIPT}.py: what the last block's heads attend to (row: the position reading)")
+    save_figure(fig, "attention")
 
 if __name__ == "__main__":
     with clear_errors():

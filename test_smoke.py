@@ -718,6 +718,10 @@ def test_each_switch_takes_its_idea_away():
     assert count(build(layernorm=False)) == count(full) - 5 * 2 * 16  # two norms a block, and the final
     assert not any(isinstance(m, torch.nn.LayerNorm) for m in build(layernorm=False).modules())
     assert count(build(residual=False)) == count(full)
+    untied = build(tie=False)
+    assert count(untied) == count(full) + 11 * 16 + 11  # an output matrix and a bias of its own
+    assert untied.lm_head.weight is not untied.token_embedding.weight
+    assert full.lm_head.weight is full.token_embedding.weight and full.lm_head.bias is None
     x = torch.randn(3, 8, 16)
     for residual in (True, False):
         block = build(residual=residual).blocks[0]
@@ -755,7 +759,7 @@ LADDER = {  # what each rung of the lecture had (its ng-video-lecture commits), 
 }
 LECTURE_TRAINING = dict(batch_size=32, block_size=8, max_iters=5000, learning_rate=1e-3, min_lr=1e-3,
                         warmup_iters=0, dropout=0.0, optimizer="adamw", weight_decay=0.01, beta2=0.999,
-                        grad_clip=0.0)
+                        grad_clip=0.0, init="pytorch", tie=False)  # PyTorch's defaults, its own output layer
 
 
 @pytest.mark.parametrize("name", LADDER)
@@ -1043,7 +1047,7 @@ def test_a_bad_checkpoint_ends_in_one_sentence_and_is_kept(script, tmp_path, mon
         for mode in ("max_iters=0", "resume=true"):
             status, out, err = main_in_process(script, [mode], monkeypatch, capsys)
             assert status == 1 and one_sentence(err, script), (kind, mode, err)
-            assert (f"is not a checkpoint this {script}.py can use" in err
+            assert (f"is not a checkpoint {script}.py can use" in err
                     and SAMPLE_MARK not in out), (kind, mode)
             assert sha256(path) == before, (kind, mode)
 
@@ -1582,7 +1586,8 @@ def test_the_lesson_comes_first():
 
         def called(f):  # die, sys.exit, torch.load: a name, an attribute, and a module's attribute
             name = getattr(f, "attr", getattr(f, "id", None))
-            return {name, f"{f.value.id}.{name}"} if isinstance(getattr(f, "value", None), ast.Name) else {name}
+            module = getattr(getattr(f, "value", None), "id", None)
+            return {name, f"{module}.{name}"} if module else {name}
 
         for node in body:
             if isinstance(node, ast.FunctionDef) and node.lineno < main and node.name != "main":

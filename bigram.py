@@ -6,11 +6,11 @@ one table, vocabulary x vocabulary, whose row for a character holds the scores (
 character that may follow it. Counting the pairs of characters in the text gives the table that fits
 the training text best; gradient descent finds it too, and step 2 (gpt_char.py) goes further.
 
-Run:   python bigram.py                     tinyshakespeare (dataset=atticus: Cicero's letters)
+Run:   python bigram.py                     tinyshakespeare (dataset=atticus, or a text file)
        python bigram.py max_iters=0 start=A   only sample, from out/bigram.pt
        python bigram.py --help              every setting and its default
 
-Expect: val loss 2.4845 (3.58 bits per character) in 9 seconds on 2 cores of an AMD EPYC CPU;
+Expect: val loss 2.4845 (3.58 bits per character) in 9 seconds on 2 cores of an Intel Xeon CPU;
 the pairs of letters in the sample are right, the words are not.
 """
 

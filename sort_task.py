@@ -14,7 +14,7 @@ Run:   python sort_task.py                            6 digits from 0-4
 12 digits from 0-9:
  python sort_task.py length=12 num_digits=10 n_layer=3 n_embd=128 max_iters=1200 eval_interval=600 min_lr=3e-5
 
-Expect: all 2,730 held-out inputs sorted right, in 23 s on 2 cores of an AMD EPYC CPU.
+Expect: all 2,730 held-out inputs sorted right, in 28 to 43 s on 2 cores of an Intel Xeon CPU.
 """
 
 import builtins
@@ -299,7 +299,7 @@ def evaluate(model, data, ctx):
     """The losses, the share of held-out inputs sorted right, and their log line."""
     accuracy, _ = sort_accuracy(model, data["held-out"])
     losses = estimate_loss(model, data, ctx)  # which puts the model back in training mode
-    return losses, f"train {losses['train']:.4f} | val {losses['val']:.4f} | held-out sorted {accuracy:.1%}"
+    return losses, f"train {losses['train']:.4f} | val {losses['val']:.4f} | held-out sorted {accuracy:.2%}"
 
 def get_lr(step):
     """Linear warm-up to learning_rate, then cosine decay to min_lr at max_iters."""

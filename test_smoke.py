@@ -1,10 +1,12 @@
-"""Tests of the collection: `pytest test_smoke.py` (about 2 minutes on 2 CPU cores, no network, no GPU).
+"""Tests of the collection: `pytest test_smoke.py` (2 to 3 minutes on 2 CPU cores, no network, no GPU).
 
 Every script runs end to end as a user runs it (a subprocess with tiny settings, in a temporary
-folder) and as a notebook runs it (IPython, no __file__, the kernel's own arguments); the pieces users
-rely on are checked one by one: settings, downloads, the Atticus parser, the tokenizers, the model,
-the optimizers and fp16, checkpoints and exact resume, and every kind of mistake. Each subprocess runs
-on one thread, and nothing depends on the clock, so a busy machine only makes the tests slower.
+folder) and as a notebook runs it (IPython, no __file__, the kernel's own arguments; gpt_char.py also
+in a real Jupyter kernel); the pieces users rely on are checked one by one: settings, downloads, the
+Atticus parser, the tokenizers (GPT-2's and one trained here), the model and its switches, the
+lecture's presets, sampling, the optimizers and fp16, checkpoints and exact resume, and every kind
+of mistake. Each subprocess runs on one thread, and nothing depends on the clock, so a busy machine
+only makes the tests slower. The few tests that need a CUDA GPU are skipped without one.
 """
 
 import functools
@@ -1401,6 +1403,13 @@ def test_train_bpe_known_merges():
     assert b.train_bpe("ab ab", 300) == [(b"a", b"b"), (b" ", b"ab")]  # then no pair is left
     assert b.train_bpe("aaaa", 300) == [(b"a", b"a"), (b"aa", b"aa")]  # aaaa -> aa aa -> aaaa
     assert b.train_bpe("αα", 257) == [(b"\xce", b"\xb1")]  # bytes, not characters: α is 2 bytes
+
+
+def test_the_worked_examples_in_the_docstrings_hold(monkeypatch):
+    import doctest
+    monkeypatch.chdir(ROOT)  # they read data/gpt2/
+    results = doctest.testmod(load("gpt_bpe"))
+    assert results.attempted >= 3 and results.failed == 0
 
 
 def recount(words):

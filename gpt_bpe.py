@@ -257,7 +257,7 @@ def learned_bpe(merges):
     pieces = [piece(bytes([b])) for b in range(256)] + [piece(left + right) for left, right in merges]
     return GPT2Tokenizer(pieces, [(piece(left), piece(right)) for left, right in merges])
 
-def load_bpe(encoder_json, vocab_bpe, merges):
+def load_bpe(merges, encoder_json=None, vocab_bpe=None):
     """The BPE that tokenizer= chooses: tiktoken's, GPT2Tokenizer with GPT-2's files, or with the merges
     learned here. All three have the same methods (encode_ordinary, decode, ...)."""
     if tokenizer == "trained":
@@ -372,7 +372,7 @@ class GPT(nn.Module):
         """Extend idx (B, T) by max_new_tokens tokens, each fed back in; temperature 0 is greedy."""
         for _ in range(max_new_tokens):
             logits, _ = self(idx[:, -self.block_size:])  # crop the context to what the model knows
-            logits = logits[:, -1, :].float()  # (B, vocab_size): the last position, in float32 under autocast
+            logits = logits[:, -1, :].float()  # (B, vocab_size): the last position, in float32 always
             if temperature == 0:
                 idx_next = logits.argmax(dim=-1, keepdim=True)
             else:
@@ -537,8 +537,9 @@ def main():
     checkpoint = load_checkpoint(given) if resume or max_iters == 0 else None  # it sets the model's sizes
     ctx, scaler = set_up_device()
     named = [TEXTS[dataset]] if dataset in TEXTS else []  # else a file of one's own, read as it is
-    *text_file, encoder_json, vocab_bpe = data_files(*named, "gpt2/encoder.json", "gpt2/vocab.bpe")
-    text = load_text(text_file[0] if text_file else dataset)
+    gpt2 = [] if tokenizer == "trained" else ["gpt2/encoder.json", "gpt2/vocab.bpe"]  # GPT-2's two files
+    files = data_files(*named, *gpt2)
+    text = load_text(files[0] if named else dataset)
     train_text, val_text = split_text(text)
     merges = checkpoint["vocab"]["merges"] if checkpoint else []
     if tokenizer == "trained" and not checkpoint:  # from the training text alone
@@ -546,13 +547,13 @@ def main():
         merges = train_bpe(train_text, vocab_size)
         print(f"{SCRIPT}: {len(merges):,} merges learned from the training text in "
               f"{time.time() - started:.1f} s")
-    bpe = load_bpe(encoder_json, vocab_bpe, merges)
+    bpe = load_bpe(merges, *files[len(named):])
     known = set(bpe.encode_ordinary(train_text)) | {bpe.encode_single_token(bytes([b])) for b in range(256)}
     ids = sorted(known) if compact_vocab else list(range(bpe.n_vocab))  # the BPE ids the model knows
     encode, decode = make_tokenizer(ids, bpe)
     data = {"train": torch.tensor(encode(train_text)), "val": torch.tensor(encode(val_text)),
             "val_characters": len(val_text)}
-    check_prompt([], data)  # any prompt has ids: the bytes of a token never trained on
+    check_prompt([], data)  # every prompt has ids (make_tokenizer)
     model = GPT(len(ids), block_size, n_embd, n_head, n_layer, dropout, mlp, residual, layernorm, init, tie)
     optimizers = make_optimizers(model.to(device))
     tokens = len(data["train"]) + len(data["val"])
@@ -636,8 +637,8 @@ def clear_errors():
         die(f"out of memory on {device}: make batch_size, block_size or the model smaller")
 
 def configure(argv):
-    """Set the hyperparameters from name=value arguments (device= picks its sizes, lecture= its preset, the
-    others win); return the names set. In a notebook all are set, by the lines above (and their preset)."""
+    """Set the hyperparameters from name=value arguments; return the names set. device= picks the sizes()
+    and lecture= a preset of LECTURE, where a script has them; the others win. A notebook sets all."""
     notebook = "kernel_launcher" in os.path.basename(argv[0] if argv else "") or "__file__" not in globals()
     args, given = ([], set(SETTINGS)) if notebook else (argv[1:], set())
     values, valid = {}, "valid settings: " + " ".join(f"{k}={globals()[k]!r}" for k in SETTINGS)
@@ -655,25 +656,29 @@ def configure(argv):
             die(f"{name}={text!r} is not a finite number", 2)
     if "device" in values and "sizes" in globals():
         sizes(values["device"])
-    preset = globals().get("LECTURE", {}).get(values.get("lecture", globals().get("lecture")), {})
-    globals().update({**preset, **values})
-    given |= set(preset) | set(values)
+    globals().update(values)  # first: a checkpoint's settings (resume, max_iters=0) replace a preset's
+    rungs = {} if (resume or max_iters == 0) and not notebook else globals().get("LECTURE", {})
+    rung = rungs.get(name := globals().get("lecture"), {})  # in a notebook, over the lines above
+    globals().update({**rung, **values})
+    given |= set(rung) | set(values)
     if {"-h", "--help"} & set(args):  # the docstring, then the settings as they would be used, explained
         with open(__file__, encoding="utf-8") as f:
             notes = dict(reversed(re.findall(r"^ *(\w+) = .*?  # (.*)$", f.read(), re.M)))  # a name's first
         print(__doc__.strip(), "\nSettings (name=value), as they would be used here:",
               *(f"  {f'{k}={globals()[k]!r}':<26} {notes.get(k, '')}" for k in SETTINGS),
-              *(f"lecture={name} sets {' '.join(f'{k}={v}' for k, v in rung.items())}"
-                for name, rung in globals().get("LECTURE", {}).items()), sep="\n")
+              *(f"lecture={n} sets {' '.join(f'{k}={v}' for k, v in preset.items())}"
+                for n, preset in globals().get("LECTURE", {}).items()), sep="\n")
         sys.exit(0)
+    if rung:  # said: in a notebook it replaces the lines above
+        print(f"lecture={name} sets", *(f"{k}={v}" for k, v in rung.items() if k not in values))
     for problem in [] if resume or max_iters == 0 else setting_problems()[:1]:  # else in load_checkpoint
         die(problem, 2)
     parent = os.path.abspath(out_dir)  # out_dir, or the folder that will hold it: a folder one can write in
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     writable = os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)
-    if not writable or os.path.isdir(checkpoint_path()):
-        die(f"out_dir={out_dir!r} is not a folder this script can write {SCRIPT}.pt in", 2)
+    if not writable or os.path.isdir(checkpoint_path()) or os.path.isfile(os.path.join(out_dir, "previous")):
+        die(f"out_dir={out_dir!r} is not a folder this script can write {SCRIPT}.pt and previous/ in", 2)
     return given
 
 def set_up_device():
@@ -719,12 +724,10 @@ def data_files(*names):
         die("; ".join(problems))
     return [os.path.join(DATA_DIR, name) for name in names]
 
-def sha256_of(path):
-    try:
+def sha256_of(path):  # None for what is not a readable file: a folder, say
+    if os.path.isfile(path) and os.access(path, os.R_OK):
         with open(path, "rb") as f:
             return hashlib.sha256(f.read()).hexdigest()
-    except OSError:  # a folder, say
-        return None
 
 def download(url, path, sha256):
     """url to a temporary file beside path, renamed to path if its SHA-256 is right; [] or [the problem]."""
@@ -752,12 +755,11 @@ def read_text(path):
     except (OSError, UnicodeDecodeError) as e:  # UnicodeDecodeError: a binary file, or another encoding
         die(f"{path} is not UTF-8 text" if isinstance(e, UnicodeError) else f"could not read {path} ({e})")
     if "\x00" in text or not text.strip():
-        die(f"{path} is {'a binary file, not text' if text.strip() else 'empty'}")
+        die(f"{path} is {'a binary file, not text' if text.strip() else 'empty, or only white space'}")
     return text
 
 def read_atticus(path):
-    """Cicero's letters from a Perseus TEI file, 'dateline\\nsalute\\nbody' each, a blank line between:
-    the EpiDoc markup (<div subtype="letter">, <seg rend="dateline">) or the older hopper one (<div2>)."""
+    """Cicero's letters from a Perseus TEI file, EpiDoc or the older hopper markup: dateline, salute, body."""
     try:
         from bs4 import BeautifulSoup
         import lxml  # noqa: F401  the XML parser that BeautifulSoup(..., "xml") uses
@@ -811,8 +813,7 @@ def unusable(why):
     die(f"{checkpoint_path()} is not a checkpoint {SCRIPT}.py can use ({why}): train anew, or change out_dir")
 
 def load_checkpoint(given):
-    """The checkpoint for resume=true or max_iters=0. Its settings replace those not given (but for KEEP),
-    max_iters too (the length of the learning-rate schedule); a model setting given that differs: an error."""
+    """The checkpoint for resume=true or max_iters=0: its settings replace those not given, but KEEP's."""
     path = checkpoint_path()
     if not os.path.exists(path):
         die(f"{'resume=true' if resume else 'max_iters=0'} needs a checkpoint, and there is none at {path}; "
@@ -919,13 +920,12 @@ def plot_losses(run):
     if not (fig := figure(figsize=(6, 4))):
         return
     ax = fig.subplots()
-    ax.plot(*zip(*run["progress"]), color="C0", alpha=0.35, label="train, the batches of each line")
+    ax.plot(*zip(*run["progress"]), color="C0", alpha=0.35)
     steps, train, val = zip(*run["history"])
-    ax.plot(steps, train, "o-", color="C0", label="train")
-    ax.plot(steps, val, "o-", color="C1", label="val")
+    ax.plot(steps, train, "o-C0", steps, val, "o-C1")
     ax.set(xlabel="step", ylabel="loss (nats per token)")
     ax.set_title(f"{SCRIPT}.py " + " ".join(f"{k}={globals()[k]}" for k in MODEL_KEYS), fontsize=8, wrap=True)
-    ax.legend()
+    ax.legend(["train, the batches of each line", "train", "val"])
     save_figure(fig, "loss")
 
 if __name__ == "__main__":

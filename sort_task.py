@@ -203,7 +203,7 @@ class GPT(nn.Module):
         """Extend idx (B, T) by max_new_tokens tokens, each fed back in; temperature 0 is greedy."""
         for _ in range(max_new_tokens):
             logits, _ = self(idx[:, -self.block_size:])  # crop the context to what the model knows
-            logits = logits[:, -1, :].float()  # (B, vocab_size): the last position, in float32 under autocast
+            logits = logits[:, -1, :].float()  # (B, vocab_size): the last position, in float32 always
             if temperature == 0:
                 idx_next = logits.argmax(dim=-1, keepdim=True)
             else:
@@ -474,8 +474,8 @@ def clear_errors():
         die(f"out of memory on {device}: make batch_size, block_size or the model smaller")
 
 def configure(argv):
-    """Set the hyperparameters from name=value arguments (device= picks its sizes, lecture= its preset, the
-    others win); return the names set. In a notebook all are set, by the lines above (and their preset)."""
+    """Set the hyperparameters from name=value arguments; return the names set. device= picks the sizes()
+    and lecture= a preset of LECTURE, where a script has them; the others win. A notebook sets all."""
     notebook = "kernel_launcher" in os.path.basename(argv[0] if argv else "") or "__file__" not in globals()
     args, given = ([], set(SETTINGS)) if notebook else (argv[1:], set())
     values, valid = {}, "valid settings: " + " ".join(f"{k}={globals()[k]!r}" for k in SETTINGS)
@@ -493,25 +493,29 @@ def configure(argv):
             die(f"{name}={text!r} is not a finite number", 2)
     if "device" in values and "sizes" in globals():
         sizes(values["device"])
-    preset = globals().get("LECTURE", {}).get(values.get("lecture", globals().get("lecture")), {})
-    globals().update({**preset, **values})
-    given |= set(preset) | set(values)
+    globals().update(values)  # first: a checkpoint's settings (resume, max_iters=0) replace a preset's
+    rungs = {} if (resume or max_iters == 0) and not notebook else globals().get("LECTURE", {})
+    rung = rungs.get(name := globals().get("lecture"), {})  # in a notebook, over the lines above
+    globals().update({**rung, **values})
+    given |= set(rung) | set(values)
     if {"-h", "--help"} & set(args):  # the docstring, then the settings as they would be used, explained
         with open(__file__, encoding="utf-8") as f:
             notes = dict(reversed(re.findall(r"^ *(\w+) = .*?  # (.*)$", f.read(), re.M)))  # a name's first
         print(__doc__.strip(), "\nSettings (name=value), as they would be used here:",
               *(f"  {f'{k}={globals()[k]!r}':<26} {notes.get(k, '')}" for k in SETTINGS),
-              *(f"lecture={name} sets {' '.join(f'{k}={v}' for k, v in rung.items())}"
-                for name, rung in globals().get("LECTURE", {}).items()), sep="\n")
+              *(f"lecture={n} sets {' '.join(f'{k}={v}' for k, v in preset.items())}"
+                for n, preset in globals().get("LECTURE", {}).items()), sep="\n")
         sys.exit(0)
+    if rung:  # said: in a notebook it replaces the lines above
+        print(f"lecture={name} sets", *(f"{k}={v}" for k, v in rung.items() if k not in values))
     for problem in [] if resume or max_iters == 0 else setting_problems()[:1]:  # else in load_checkpoint
         die(problem, 2)
     parent = os.path.abspath(out_dir)  # out_dir, or the folder that will hold it: a folder one can write in
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     writable = os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)
-    if not writable or os.path.isdir(checkpoint_path()):
-        die(f"out_dir={out_dir!r} is not a folder this script can write {SCRIPT}.pt in", 2)
+    if not writable or os.path.isdir(checkpoint_path()) or os.path.isfile(os.path.join(out_dir, "previous")):
+        die(f"out_dir={out_dir!r} is not a folder this script can write {SCRIPT}.pt and previous/ in", 2)
     return given
 
 def set_up_device():
@@ -531,8 +535,7 @@ def unusable(why):
     die(f"{checkpoint_path()} is not a checkpoint {SCRIPT}.py can use ({why}): train anew, or change out_dir")
 
 def load_checkpoint(given):
-    """The checkpoint for resume=true or max_iters=0. Its settings replace those not given (but for KEEP),
-    max_iters too (the length of the learning-rate schedule); a model setting given that differs: an error."""
+    """The checkpoint for resume=true or max_iters=0: its settings replace those not given, but KEEP's."""
     path = checkpoint_path()
     if not os.path.exists(path):
         die(f"{'resume=true' if resume else 'max_iters=0'} needs a checkpoint, and there is none at {path}; "
@@ -639,13 +642,12 @@ def plot_losses(run):
     if not (fig := figure(figsize=(6, 4))):
         return
     ax = fig.subplots()
-    ax.plot(*zip(*run["progress"]), color="C0", alpha=0.35, label="train, the batches of each line")
+    ax.plot(*zip(*run["progress"]), color="C0", alpha=0.35)
     steps, train, val = zip(*run["history"])
-    ax.plot(steps, train, "o-", color="C0", label="train")
-    ax.plot(steps, val, "o-", color="C1", label="val")
+    ax.plot(steps, train, "o-C0", steps, val, "o-C1")
     ax.set(xlabel="step", ylabel="loss (nats per token)")
     ax.set_title(f"{SCRIPT}.py " + " ".join(f"{k}={globals()[k]}" for k in MODEL_KEYS), fontsize=8, wrap=True)
-    ax.legend()
+    ax.legend(["train, the batches of each line", "train", "val"])
     save_figure(fig, "loss")
 
 def draw_attention(weights, labels, divider=None):

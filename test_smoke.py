@@ -201,8 +201,9 @@ def test_the_default_cpu_run_reports_often():
     """A learner waits at most log_interval steps for a line: at least 20 lines in a default CPU run."""
     for script in SCRIPTS:
         module = load(script)
-        assert module.device != "cpu" or (module.max_iters // module.log_interval
-                                          >= (20 if script == "gpt_char" else 10))
+        if hasattr(module, "sizes"):
+            module.sizes("cpu")  # the laptop's sizes, on any machine
+        assert module.max_iters // module.log_interval >= (20 if script == "gpt_char" else 10), script
 
 
 # ----------------------------------------------------------------------- as a notebook runs it
@@ -794,6 +795,51 @@ def test_every_rung_of_the_ladder_runs(name, tmp_path, monkeypatch, capsys):
                                                                             "batch_size"} or not small)
 
 
+def test_a_preset_in_a_notebook_sets_its_rung_and_says_so(tmp_path, capsys):
+    """In a notebook every line is a setting: the preset replaces them, and prints what it set."""
+    source = open(os.path.join(ROOT, "gpt_char.py"), encoding="utf-8").read()
+    source = re.sub(r'^lecture = ""', 'lecture = "head"', source, flags=re.M)
+    (tmp_path / "gpt_char.py").write_text(re.sub(r"^max_iters = .*$", "max_iters = 200", source, flags=re.M))
+    g = load("gpt_char", folder=tmp_path)
+    given = g.configure(["/usr/lib/python3/dist-packages/ipykernel_launcher.py", "-f", "/tmp/kernel-1.json"])
+    assert given == set(g.SETTINGS) and (g.n_head, g.n_embd, g.max_iters, g.tie) == (1, 32, 5000, False)
+    assert "lecture=head sets batch_size=32 block_size=8 n_embd=32" in capsys.readouterr().out
+
+
+def test_a_preset_given_again_to_resume_or_sample_takes_the_checkpoints_settings(tmp_path, monkeypatch,
+                                                                                  capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["lecture=head", "device=cpu", "max_iters=4", "eval_interval=2", "eval_iters=2", "n_embd=16",
+            "max_new_tokens=10"]
+    status, out, err = main_in_process("gpt_char", args, monkeypatch, capsys, tiny=False)
+    assert status == 0 and "lecture=head sets batch_size=32 block_size=8 dropout=0.0 " in out, err
+    for mode in (["resume=true", "max_iters=6"], ["max_iters=0"]):
+        status, out, err = main_in_process("gpt_char", ["lecture=head", "device=cpu", *mode], monkeypatch,
+                                           capsys, tiny=False)
+        assert status == 0 and "loaded out/gpt_char.pt: step" in out and "sets" not in out, err
+    checkpoint = torch.load(tmp_path / "out" / "gpt_char.pt", weights_only=True)
+    assert checkpoint["step"] == 6 and checkpoint["config"]["n_embd"] == 16  # not the preset's 32
+    status, _, err = main_in_process("gpt_char", ["lecture=heads", "device=cpu", "max_iters=0"], monkeypatch,
+                                     capsys, tiny=False)
+    assert status == 1 and "was trained with lecture='head'" in err and one_sentence(err, "gpt_char")
+
+
+def test_sampling_runs_without_autocast(tmp_path, monkeypatch, capsys):
+    """Where training runs under autocast (bf16 here, on the CPU), the sample's logits are float32."""
+    monkeypatch.chdir(tmp_path)
+    g = load("gpt_char")
+    g.set_up_device = lambda: (torch.autocast("cpu", dtype=torch.bfloat16),
+                               torch.amp.GradScaler("cpu", enabled=False))
+    seen, generate = [], g.GPT.generate
+
+    def recording(model, *args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return generate(model, *args, **kwargs)
+    monkeypatch.setattr(g.GPT, "generate", recording)
+    status, out, err = main_in_process("gpt_char", [], monkeypatch, capsys, module=g)
+    assert status == 0 and seen == [False] and SAMPLE_MARK in out, err
+
+
 # ------------------------------------------------------------------- optimizers and fp16
 def snapshot(model, optimizers):
     params = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -1203,6 +1249,8 @@ MISTAKES = [  # (script, what the user typed, exit status, what the one sentence
      "out_dir='/proc/sys/out' is not a folder this script can write"),
     ("gpt_char", ["out_dir=pt_is_a_folder"], 2,
      "out_dir='pt_is_a_folder' is not a folder this script can write"),
+    ("bigram", ["out_dir=previous_is_a_file"], 2,
+     "out_dir='previous_is_a_file' is not a folder this script can write bigram.pt and previous/ in"),
 ]
 
 
@@ -1214,6 +1262,8 @@ def test_every_mistake_ends_in_one_clear_sentence(script, args, status, message,
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a_file").write_text("a file, not a folder")
     (tmp_path / "pt_is_a_folder" / "gpt_char.pt").mkdir(parents=True)
+    (tmp_path / "previous_is_a_file").mkdir()
+    (tmp_path / "previous_is_a_file" / "previous").write_text("a file, not a folder")
     before, data_before = listing(tmp_path), {name: sha256(os.path.join(DATA, name))
                                               for name in listing(DATA)}
     got, out, err = main_in_process(script, args, monkeypatch, capsys)
@@ -1340,7 +1390,7 @@ def test_missing_gpt2_files_are_downloaded(server, tmp_path):
     for name in GPT2_URLS:
         b.DATA_FILES[f"gpt2/{name}"] = (f"{url}/{name}", b.DATA_FILES[f"gpt2/{name}"][1])
     for b.tokenizer in ("tiktoken", "scratch"):
-        bpe = b.load_bpe(*b.data_files("gpt2/encoder.json", "gpt2/vocab.bpe"), merges=[])
+        bpe = b.load_bpe([], *b.data_files("gpt2/encoder.json", "gpt2/vocab.bpe"))
         assert bpe.encode_ordinary("Hello world") == [15496, 995] and bpe.n_vocab == 50257
     assert listing(tmp_path / "data") == ["gpt2/encoder.json", "gpt2/vocab.bpe"]
 
@@ -1454,8 +1504,8 @@ def trained_merges():
 
 
 def test_a_trained_tokenizer_splits_like_its_merges():
-    """Encoding applies the merges in the order learned: the training words come out as train_bpe left
-    them, and "Scr. Romae" as a few pieces of Cicero's own."""
+    """The ids are the 256 bytes, then one a merge in the order learned; " Romae", where Cicero writes
+    from, is one of the 1,024."""
     b = load("gpt_bpe")
     tok = b.learned_bpe(trained_merges())
     ids = tok.encode_ordinary(" Romae")
@@ -1541,14 +1591,15 @@ def test_a_prompt_the_text_lacks_is_refused(tmp_path, monkeypatch, capsys):
 
 # ----------------------------------------------------------------- one skeleton, four scripts
 SHARED = {  # blocks -> the scripts that must hold the very same text of each
-    ("Stopped", "die", "clear_errors", "configure", "set_up_device", "checkpoint_path", "unusable",
+    ("Stopped", "devices", "die", "clear_errors", "configure", "set_up_device", "checkpoint_path", "unusable",
      "load_checkpoint", "restore", "save_checkpoint", "clock", "figure", "save_figure", "plot_losses",
      "get_lr", "optimize", "train", "main: set-up", "main: train and plot", "the plumbing's banner",
      "the __main__ guard"):
         SCRIPTS,
     ("make_tokenizer",): ["bigram", "gpt_char", "sort_task"],
     ("load_text", "split_text", "get_batch", "estimate_loss", "evaluate", "sample", "check_prompt",
-     "data_files", "sha256_of", "download", "read_atticus", "generate"): ["bigram", "gpt_char", "gpt_bpe"],
+     "data_files", "sha256_of", "download", "read_text", "read_atticus", "generate"):
+        ["bigram", "gpt_char", "gpt_bpe"],
     ("CausalSelfAttention", "MLP", "Block", "GPT", "orthogonalize", "Muon", "make_optimizers", "generate"):
         ["gpt_char", "gpt_bpe", "sort_task"],
     ("last_block_attention", "draw_attention"): ["gpt_char", "sort_task"],

@@ -370,7 +370,8 @@ def last_block_attention(model, idx):
 def print_attention(weights, labels, row):
     """The attention as text, a shade per weight: ' ' is 0 (the future), '.' up to 1/9, ... '@' up to 1."""
     shades = " .:-=+*#%@"
-    print(f"the last block's attention while sorting {''.join(labels[:length])}: row t attends to 0..t")
+    print(f"the last block's attention while sorting {''.join(labels[:length])}: row t attends to 0..t, each "
+          f"weight a shade of {shades!r} from 0 to 1; -> marks the row that writes the middle digit")
     for h in range(len(weights)):
         print(f"head {h}   " + " ".join(labels))
         for t, label in enumerate(labels):
@@ -483,7 +484,7 @@ def configure(argv):
         name, eq, text = arg.lstrip("-").partition("=")
         if not eq or name not in SETTINGS:
             close = difflib.get_close_matches(name, SETTINGS, 1)
-            die(f"unknown setting {arg!r}{f' (did you mean {close[0]}?)' if close else ''}; {valid}", 2)
+            die(f"unknown setting {arg!r}{f' (did you mean {close[0]}=...?)' if close else ''}; {valid}", 2)
         kind = type(globals()[name])
         try:  # a bool: true or 1, false or 0
             values[name] = ("false", "0", "true", "1").index(text.lower()) > 1 if kind is bool else kind(text)
@@ -493,6 +494,8 @@ def configure(argv):
             die(f"{name}={text!r} is not a finite number", 2)
     if "device" in values and "sizes" in globals():
         sizes(values["device"])
+    if os.path.isfile(values.get("dataset", "")):  # a file of one's own: a checkpoint finds it from anywhere
+        values["dataset"] = os.path.abspath(values["dataset"])
     globals().update(values)  # first: a checkpoint's settings (resume, max_iters=0) replace a preset's
     rungs = {} if (resume or max_iters == 0) and not notebook else globals().get("LECTURE", {})
     rung = rungs.get(name := globals().get("lecture"), {})  # in a notebook, over the lines above
@@ -565,10 +568,9 @@ def restore(checkpoint, model, optimizers, scaler, vocab):
         except Exception:  # not a checkpoint this script can read: kept all the same
             step = "?"
         if step:  # 0, or False: no file
-            os.makedirs(kept, exist_ok=True)
-            os.replace(path, os.path.join(kept, f"{SCRIPT}.pt"))
+            os.renames(path, os.path.join(kept, f"{SCRIPT}.pt"))  # making the folder first
             print(f"the previous run's checkpoint (step {step}) is now {kept}/{SCRIPT}.pt: resume=true "
-                  f"out_dir={kept} goes on from it")
+                  f"out_dir={kept} goes on from it (one run back is kept, no more)")
         return {"vocab": vocab, "step": 0, "history": [], "progress": [], "best_val_loss": math.inf}
     try:
         if checkpoint["vocab"] != vocab:
@@ -645,7 +647,7 @@ def plot_losses(run):
     ax.plot(*zip(*run["progress"]), color="C0", alpha=0.35)
     steps, train, val = zip(*run["history"])
     ax.plot(steps, train, "o-C0", steps, val, "o-C1")
-    ax.set(xlabel="step", ylabel="loss (nats per token)")
+    ax.set(xlabel="step", ylabel="loss (nats per token)", yscale="log")
     ax.set_title(f"{SCRIPT}.py " + " ".join(f"{k}={globals()[k]}" for k in MODEL_KEYS), fontsize=8, wrap=True)
     ax.legend(["train, the batches of each line", "train", "val"])
     save_figure(fig, "loss")

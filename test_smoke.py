@@ -384,7 +384,8 @@ def test_help_lists_every_setting(script, flag, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["max_iter=3"], "unknown setting 'max_iter=3' (did you mean max_iters?)"),
+    (["max_iter=3"], "unknown setting 'max_iter=3' (did you mean max_iters=...?)"),
+    (["--max_iters", "3"], "unknown setting '--max_iters' (did you mean max_iters=...?)"),
     (["max_iters"], "unknown setting 'max_iters'"),
     (["max_iters=3.5"], "max_iters='3.5' is not a valid int"),
     (["dropout=lots"], "dropout='lots' is not a valid float"),
@@ -1228,7 +1229,7 @@ def test_memory_and_ctrl_c_end_in_one_sentence(error, message, tmp_path, monkeyp
 
 
 MISTAKES = [  # (script, what the user typed, exit status, what the one sentence on stderr says)
-    *[(script, ["max_iter=3"], 2, "unknown setting 'max_iter=3' (did you mean max_iters?); valid settings: ")
+    *[(script, ["max_iter=3"], 2, "unknown setting 'max_iter=3' (did you mean max_iters=...?); valid setting")
       for script in SCRIPTS],
     *[(script, ["max_iters=3.5"], 2, "max_iters='3.5' is not a valid int; valid settings: ")
       for script in SCRIPTS],
@@ -1553,9 +1554,14 @@ def test_a_text_of_ones_own(script, tmp_path, monkeypatch, capsys):
     val = len(OWN_TEXT) - int(0.9 * len(OWN_TEXT))
     assert f"mine.txt: {len(OWN_TEXT):,} characters" in out and f"| val {val:,} characters" in out
     assert [int(m[0]) for m in FULL.findall(out)] == [0, 2, 4]
-    status, out, err = main_in_process(script, ["max_iters=0", "device=cpu", "max_new_tokens=20"],
-                                       monkeypatch, capsys, tiny=False)
-    assert status == 0 and "loaded out/" in out and f"mine.txt: {len(OWN_TEXT):,} characters" in out, err
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the checkpoint keeps the file's whole path
+    sampling = ["max_iters=0", "device=cpu", "max_new_tokens=20", "out_dir=../out"]
+    status, out, err = main_in_process(script, sampling, monkeypatch, capsys, tiny=False)
+    assert status == 0 and "loaded ../out/" in out and f"mine.txt: {len(OWN_TEXT):,} characters" in out, err
+    status, _, err = main_in_process(script, [*sampling, f"dataset={tmp_path}/../{tmp_path.name}/mine.txt"],
+                                     monkeypatch, capsys, tiny=False)  # the same file, named another way
+    assert status == 0, err
 
 
 @pytest.mark.parametrize("script", ["bigram", "gpt_char", "gpt_bpe"])
@@ -1566,7 +1572,7 @@ def test_a_text_of_ones_own(script, tmp_path, monkeypatch, capsys):
     ("binary", bytes(range(256)) * 10, 1, "mine.txt is not UTF-8 text"),
     ("zeros", b"\x00" * 1000, 1, "mine.txt is a binary file, not text"),
     ("empty", b"", 1, "mine.txt is empty"),
-    ("too short", b"to be or not to be,\n" * 12, 1, "dataset=mine.txt is too short for block_size="),
+    ("too short", b"to be or not to be,\n" * 12, 1, "mine.txt is too short for block_size="),
 ], ids=lambda v: v if isinstance(v, str) and len(v) < 12 else "")
 def test_a_bad_text_of_ones_own_ends_in_one_sentence(script, kind, content, status, message, tmp_path,
                                                      monkeypatch, capsys):
@@ -1585,8 +1591,8 @@ def test_a_prompt_the_text_lacks_is_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine.txt").write_text(OWN_TEXT.replace("\n", " "), encoding="utf-8")
     status, _, err = main_in_process("gpt_char", ["dataset=mine.txt"], monkeypatch, capsys)  # start="\n"
-    assert status == 1 and one_sentence(err, "gpt_char") and (
-        "the prompt start='\\n' has characters that never occur in mine.txt: '\\n'; set start= to a" in err)
+    told = f"the prompt start='\\n' has characters that never occur in {tmp_path}/mine.txt: '\\n'; set start="
+    assert status == 1 and one_sentence(err, "gpt_char") and told in err, err
 
 
 # ----------------------------------------------------------------- one skeleton, four scripts

@@ -193,7 +193,7 @@ def read_gpt2(encoder_json, vocab_bpe):
     """GPT-2's pieces (encoder.json: piece -> id, 50,257 of them) and merges (vocab.bpe: most frequent
     first)."""
     with open(encoder_json, encoding="utf-8") as f:
-        pieces = sorted(json.load(f).items(), key=lambda item: item[1])
+        pieces = sorted(json.loads(f.read()).items(), key=lambda item: item[1])
     with open(vocab_bpe, encoding="utf-8") as f:
         merges = f.read().splitlines()[1:]  # after a version line, "Ġ t" means: join "Ġ" and "t"
     return [piece for piece, _ in pieces], [merge.split() for merge in merges if merge]

@@ -10,8 +10,7 @@ Run:   python gpt_char.py                            tinyshakespeare (dataset=at
        python gpt_char.py max_iters=0 start=ROMEO:   only sample, from out/gpt_char.pt
        python gpt_char.py --help                     every setting, its value here and what it means
 
-Expect: val loss 1.545 (2.23 bits per character) in 139 s on 2 cores of an Intel Xeon CPU, and a
-sample that looks like a play.
+Expect: val loss 1.545 (2.23 bits per character) in 139 s on 2 cores of an Intel Xeon; a sample like a play.
 """
 
 import builtins

@@ -485,11 +485,11 @@ def configure(argv):
         if not eq or name not in SETTINGS:
             close = difflib.get_close_matches(name, SETTINGS, 1)
             die(f"unknown setting {arg!r}{f' (did you mean {close[0]}=...?)' if close else ''}; {valid}", 2)
-        kind = type(globals()[name])
-        try:  # a bool: true or 1, false or 0
-            values[name] = ("false", "0", "true", "1").index(text.lower()) > 1 if kind is bool else kind(text)
+        kind, words = type(globals()[name]), ("false", "0", "true", "1")  # a bool's, in any case
+        try:
+            values[name] = words.index(text.lower()) > 1 if kind is bool else kind(text)
         except ValueError:
-            die(f"{name}={text!r} is not a valid {kind.__name__}; {valid}", 2)
+            die(f"{name}={text!r} is not a valid {kind.__name__}{f' {words}' * (kind is bool)}; {valid}", 2)
         if kind is float and not math.isfinite(values[name]):
             die(f"{name}={text!r} is not a finite number", 2)
     if "device" in values and "sizes" in globals():
@@ -647,8 +647,8 @@ def plot_losses(run):
     ax.plot(*zip(*run["progress"]), color="C0", alpha=0.35)
     steps, train, val = zip(*run["history"])
     ax.plot(steps, train, "o-C0", steps, val, "o-C1")
-    ax.set(xlabel="step", ylabel="loss (nats per token)", yscale="log")
-    ax.set_title(f"{SCRIPT}.py " + " ".join(f"{k}={globals()[k]}" for k in MODEL_KEYS), fontsize=8, wrap=True)
+    ax.set(xlabel="step", ylabel="loss (nats per token)")
+    ax.set_title(f"{SCRIPT}.py " + " ".join(f"{k}={globals()[k]!r}" for k in MODEL_KEYS), size=8, wrap=True)
     ax.legend(["train, the batches of each line", "train", "val"])
     save_figure(fig, "loss")
 

@@ -389,7 +389,7 @@ def test_help_lists_every_setting(script, flag, capsys):
     (["max_iters"], "unknown setting 'max_iters'"),
     (["max_iters=3.5"], "max_iters='3.5' is not a valid int"),
     (["dropout=lots"], "dropout='lots' is not a valid float"),
-    (["resume=yes"], "resume='yes' is not a valid bool"),
+    (["resume=yes"], "resume='yes' is not a valid bool ('false', '0', 'true', '1'); valid settings"),
     (["n_embd=100", "n_head=3"], "n_embd=100 is not divisible by n_head=3"),
     (["dataset=wikipedia"], "dataset='wikipedia' is not one of shakespeare, atticus"),
     (["batch_size=0"], "must be > 0"),

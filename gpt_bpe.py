@@ -442,9 +442,8 @@ def get_batch(data, generator=None):
 
 @torch.no_grad()
 def estimate_loss(model, data, ctx):
-    """Mean loss per token: of every token of the val split once (in windows of block_size, the first read
-    after the last training token), and of eval_iters random batches of the much longer train split (the
-    same batches at every call)."""
+    """Mean loss per token: of every val token once (in windows of block_size, the first read after the
+    last training token), and of eval_iters random batches of the train split, the same at every call."""
     model.eval()
     stream = torch.cat([data["train"][-1:], data["val"]])  # every val token a target once: stream[1:]
     pad = -(len(stream) - 1) % block_size  # the last window filled up with targets -1, which do not count

@@ -333,12 +333,12 @@ def configure(argv):
             die(f"{name}={text!r} is not a finite number", 2)
     if "device" in values and "sizes" in globals():
         sizes(values["device"])
-    if os.path.isfile(values.get("dataset", "")):  # a file of one's own: a checkpoint finds it from anywhere
-        values["dataset"] = os.path.abspath(values["dataset"])
     globals().update(values)  # first: a checkpoint's settings (resume, max_iters=0) replace a preset's
     rungs = {} if (resume or max_iters == 0) and not notebook else globals().get("LECTURE", {})
     rung = rungs.get(name := globals().get("lecture"), {})  # in a notebook, over the lines above
     globals().update({**rung, **values})
+    if (own := globals().get("dataset", "")) not in globals().get("TEXTS", {}) and os.path.isfile(own):
+        globals()["dataset"] = os.path.abspath(own)  # a text of one's own: a checkpoint finds it anywhere
     given |= set(rung) | set(values)
     if {"-h", "--help"} & set(args):  # the docstring, then the settings as they would be used, explained
         with open(__file__, encoding="utf-8") as f:
@@ -470,7 +470,8 @@ def load_checkpoint(given):
         config = {k: checkpoint["config"][k] for k in SETTINGS}
     except Exception as e:  # truncated, foreign, or of another version of this script
         unusable(e if isinstance(e, ValueError) else type(e).__name__)
-    clash = [f"{k}={config[k]!r}" for k in MODEL_KEYS if k in given and config[k] != globals()[k]]
+    clash = [f"{k}={config[k]!r}" for k in MODEL_KEYS if k in given and config[k] != globals()[k]
+             and not (k == "dataset" and os.path.isfile(dataset))]  # one's own text: its vocabulary tells
     if clash:
         die(f"{path} was trained with {' '.join(clash)}: leave those settings out (or set them so), "
             f"or set out_dir= another folder")
@@ -494,7 +495,7 @@ def restore(checkpoint, model, optimizers, scaler, vocab):
         return {"vocab": vocab, "step": 0, "history": [], "progress": [], "best_val_loss": math.inf}
     try:
         if checkpoint["vocab"] != vocab:
-            raise ValueError("another vocabulary")
+            raise ValueError("its text had another vocabulary")
         model.load_state_dict(checkpoint["model"])
         if resume:
             for optimizer, state in zip(optimizers, checkpoint["optimizer"], strict=True):

@@ -1562,6 +1562,24 @@ def test_a_text_of_ones_own(script, tmp_path, monkeypatch, capsys):
     status, _, err = main_in_process(script, [*sampling, f"dataset={tmp_path}/../{tmp_path.name}/mine.txt"],
                                      monkeypatch, capsys, tiny=False)  # the same file, named another way
     assert status == 0, err
+    (tmp_path / "mine.txt").rename(tmp_path / "elsewhere" / "moved.txt")  # the text moved: name it again
+    status, _, err = main_in_process(script, sampling, monkeypatch, capsys, tiny=False)
+    assert status == 2 and f"dataset='{tmp_path}/mine.txt' is not one of shakespeare, atticus, nor" in err
+    status, out, err = main_in_process(script, [*sampling, "dataset=moved.txt"], monkeypatch, capsys, tiny=False)
+    assert status == 0 and f"moved.txt: {len(OWN_TEXT):,} characters" in out, err
+    (tmp_path / "elsewhere" / "other.txt").write_text(OWN_TEXT.upper(), encoding="utf-8")
+    status, _, err = main_in_process(script, [*sampling, "dataset=other.txt"], monkeypatch, capsys, tiny=False)
+    assert status == 1 and "(its text had another vocabulary)" in err and one_sentence(err, script), err
+
+
+def test_a_shipped_text_wins_over_a_file_of_its_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "atticus").write_text(OWN_TEXT, encoding="utf-8")
+    g = load("gpt_char")
+    g.configure(["gpt_char.py", "dataset=atticus"])
+    assert g.dataset == "atticus"
+    g.configure(["gpt_char.py", "dataset=./atticus"])
+    assert g.dataset == str(tmp_path / "atticus")
 
 
 @pytest.mark.parametrize("script", ["bigram", "gpt_char", "gpt_bpe"])

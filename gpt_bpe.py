@@ -1,119 +1,81 @@
 """
-Step 3 of "Let's build GPT": the same GPT, reading subword tokens instead of characters.
+Step 3 of "Let's build GPT": step 2's GPT made the way GPT-2, nanoGPT and nanochat make it, reading
+subword tokens (BPE) of Cicero's Letters to Atticus.
 
-Cicero's Letters to Atticus are cut into byte-level BPE tokens. GPT-2's, with tiktoken or with
-GPT2Tokenizer below, which does the same job in some fifty lines and gives the same ids: split the
-text into words, write each word's bytes as printable characters, merge the pair that vocab.bpe
-ranks first until no pair is left to merge, look each piece up in encoder.json. Or one learned
-here from the training text: train_bpe makes merges as vocab.bpe's were made, the most frequent
-pair first. A token is a few characters, so the same context sees further back. Only the ids of
-the training text (and the 256 bytes) get an embedding; a token it lacks is spelled in bytes.
+Each change from step 2 sits where it lives, says why, and has a setting that takes it back, so that its
+worth can be measured: every head from one projection, in one fused attention (CausalSelfAttention); the
+output layer tied to the token embedding (tie=false); GPT-2's initialisation (init=pytorch); warm-up and
+cosine decay (warmup_iters=0 min_lr=learning_rate: constant); gradient clipping (grad_clip=0); 16-bit
+floats on a GPU; Muon for the blocks' matrices, AdamW with weight decay on matrices only for the rest
+(optimizer=adamw).
 
-Run:   python gpt_bpe.py                          Atticus through tiktoken (dataset=shakespeare too)
-       python gpt_bpe.py tokenizer=scratch        the tokenizer written here: the same ids
-       python gpt_bpe.py tokenizer=trained        a BPE of vocab_size=2048 ids learned from the letters
-       python gpt_bpe.py max_iters=0              only sample, from out/gpt_bpe.pt
-       python gpt_bpe.py --help                   every setting, its value here and what it means
+The tokens: GPT-2's, through tiktoken or through GPT2Tokenizer below (the same ids, in some fifty lines),
+or a BPE learned here from the training text (train_bpe). Only the ids of the training text and the 256
+bytes get an embedding: a token the training text lacks is spelled in its bytes.
 
-Expect: val 2.068 bits per character in 176 s on 2 cores of an Intel Xeon CPU (tokenizer=trained:
-1.980 in 148 s), and a sample that continues "Scr. Romae" with a dateline and Latin prose.
+Run:   python gpt_bpe.py                      Cicero, GPT-2's BPE (dataset=shakespeare, or a text file)
+       python gpt_bpe.py tokenizer=trained    a BPE of vocab_size=2048 ids learned from the letters
+       python gpt_bpe.py dataset=shakespeare tokenizer=trained vocab_size=256   step 2's characters
+       python gpt_bpe.py max_iters=0          only sample, from out/gpt_bpe.pt
+       python gpt_bpe.py --help               every setting, its value here and its meaning
+
+Expect: MEASURE bits per character in MEASURE s on 2 cores of an AMD EPYC CPU, and a letter that begins
+"Scr. Romae" with a dateline and goes on in Latin.
 """
 
-import builtins
 import collections
-import difflib
-import hashlib
 import heapq
 import json
 import math
 import os
-import re
 import sys
 import time
-import urllib.request
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
 # ----------------------------------------------------------------------------------- hyperparameters
+batch_size = 64  # how many independent sequences will we process in parallel?
+block_size = 256  # what is the maximum context length for predictions? In tokens
+max_iters = 5000  # steps of the optimizers
+eval_interval = 500  # steps between evaluations, and checkpoints
+learning_rate = 1e-3  # the peak, after warm-up: Muon's and AdamW's
+min_lr = 1e-4  # where cosine decay ends, at max_iters; = learning_rate: constant
+warmup_iters = 100  # steps of linear warm-up; 0: none
 device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-dataset = "atticus"  # atticus | shakespeare | the path of a UTF-8 text file of your own
-tokenizer = "tiktoken"  # tiktoken | scratch: GPT2Tokenizer below, the same ids | trained: one learned here
-encoding = "gpt2"  # tiktoken's encoding; gpt2 is built from data/gpt2/, the others need the network
-vocab_size = 2048  # tokenizer=trained: the 256 bytes and vocab_size - 256 merges learned from the text
-compact_vocab = True  # embed only the token ids of the training text, and the 256 bytes
-
-def sizes(device):
-    """The sizes for a device: the lecture's model on a CUDA GPU, a smaller one on a laptop (CPU, mps)."""
-    global batch_size, block_size, n_layer, n_head, n_embd, dropout, max_iters, eval_interval, eval_iters
-    global learning_rate, min_lr
-    if device.startswith("cuda"):  # the lecture's model
-        batch_size = 64  # sequences per step
-        block_size = 256  # context length, in tokens
-        n_layer = 6  # Transformer blocks
-        n_head = 6  # attention heads per block; must divide n_embd
-        n_embd = 384  # width of the residual stream
-        dropout = 0.2  # on the embeddings and on what each block adds to the residual stream, 0 to <1
-        max_iters = 5000  # optimizer steps
-        eval_interval = 500  # steps between evaluations and checkpoints
-        eval_iters = 200  # train batches per loss estimate (val: the whole split)
-        learning_rate = 1e-3  # peak, after warm-up (Muon and AdamW alike)
-        min_lr = 1e-4  # reached at the last step by cosine decay; = learning_rate: constant
-    else:  # a laptop: a smaller model that ends in minutes
-        batch_size = 16
-        block_size = 64
-        n_layer = 4
-        n_head = 4
-        n_embd = 128
-        dropout = 0.0
-        max_iters = 1500
-        eval_interval = 500
-        eval_iters = 20
-        learning_rate = 3e-3
-        min_lr = 3e-4
-
-sizes(device)  # and again in configure(), for a device= given on the command line
-mlp = True  # each block's feed-forward layer, the "computation" after the attention's "communication"
-residual = True  # each block adds to its input (x = x + f(x)); false: replaces it (x = f(x))
-layernorm = True  # the norms before attention and MLP, and the final one
-init = "gpt2"  # gpt2: GPT-2's small weights | pytorch: PyTorch's defaults, which the lecture's rungs had
-tie = True  # the output layer reads the token embedding's matrix, as in GPT-2; false: its own (the lecture)
-optimizer = "muon"  # muon: Muon for the blocks' matrices, AdamW for the rest | adamw: AdamW for all
-beta2 = 0.99  # AdamW's decay of its mean squared gradient (PyTorch's default, the lecture's: 0.999)
-warmup_iters = 100  # steps of linear warm-up; 0 = none
+eval_iters = 200  # train batches a loss estimate (the val loss reads all of val)
+n_embd = 384  # the width of each position's vector
+n_head = 6  # heads a block, each n_embd // n_head wide
+n_layer = 6  # blocks
+dropout = 0.2  # the share zeroed while training, 0 to < 1
+optimizer = "muon"  # muon: Muon for the blocks' matrices, AdamW the rest | adamw: AdamW for all
 weight_decay = 0.1  # on matrices only
-grad_clip = 1.0  # clip the gradient norm to this; 0 = off
-log_interval = 50  # steps between progress lines
+grad_clip = 1.0  # the largest gradient norm; 0: no clipping
+tie = True  # the output layer is the token embedding's matrix; false: a matrix of its own
+init = "gpt2"  # gpt2: normal(0, 0.02), projections to the residual smaller | pytorch: PyTorch's
+dataset = "atticus"  # or shakespeare, or the path of a UTF-8 text
+tokenizer = "tiktoken"  # GPT-2's BPE: tiktoken, or scratch (GPT2Tokenizer) | trained: learned here
+vocab_size = 2048  # tokenizer=trained: the 256 bytes, then a merge each
+compact_vocab = True  # embed only the ids of the training text and the 256 bytes
 seed = 1337  # same seed and device, same losses
-out_dir = "out"  # checkpoint and pictures go here
-resume = False  # go on from out_dir/gpt_bpe.pt as if never stopped
-start = "Scr. Romae"  # the prompt the sample continues: a dateline's opening
-max_new_tokens = 200  # length of the sample, in tokens
-temperature = 0.8  # < 1 sharper, > 1 wilder; 0 = always the likeliest
-top_k = 0  # sample among the k likeliest only; 0 = all
-# the names above: each can be set as name=value
-SETTINGS = ("device dataset tokenizer encoding vocab_size compact_vocab batch_size block_size n_layer "
-            "n_head n_embd dropout max_iters eval_interval eval_iters learning_rate min_lr mlp residual "
-            "layernorm init tie optimizer beta2 warmup_iters weight_decay grad_clip log_interval seed "
-            "out_dir resume start max_new_tokens temperature top_k").split()
+log_interval = 50  # steps between progress lines
+out_dir = "out"  # for the checkpoint and the pictures
+resume = False  # go on from out_dir/gpt_bpe.pt
+start = "Scr. Romae"  # the prompt the sample continues: how a letter's dateline begins
+max_new_tokens = 200  # tokens to sample
+temperature = 0.8  # < 1 sharper, > 1 wilder; 0: always the likeliest
+top_k = 0  # draw among the k likeliest only; 0: all
+DEFAULTS = {k: v for k, v in globals().items() if k[0].islower() and isinstance(v, (int, float, str))}
+# on a CPU or an Apple GPU (mps) these replace the values above, to train in minutes:
+LAPTOP = dict(batch_size=16, block_size=64, max_iters=1500, eval_interval=500, learning_rate=3e-3,
+              min_lr=3e-4, eval_iters=20, n_embd=128, n_head=4, n_layer=4, dropout=0.0)
 
-# ---------------------------------------------------------------------------------------------- data
-TEXTS = {"shakespeare": "tinyshakespeare.txt", "atticus": "atticus.xml"}  # dataset -> its file in data/
+# ------------------------------------------------------------------------------ data and tokenizer
+TEXTS = {"shakespeare": "tinyshakespeare.txt", "atticus": "atticus.xml"}  # dataset= -> data/NAME
+GPT2 = ["gpt2/encoder.json", "gpt2/vocab.bpe"]  # GPT-2's ids and merges, the files tiktoken downloads
 
-def load_text(path):
-    """Cicero's letters read out of their TEI XML (read_atticus, after main); any other file as it is
-    (read_text, after main, which stops with one sentence at a file that is not UTF-8 text)."""
-    shipped = os.path.abspath(path) == os.path.abspath(os.path.join(DATA_DIR, TEXTS["atticus"]))
-    return read_atticus(path) if shipped else read_text(path)
-
-def split_text(text):
-    """The first 90 % of the characters to learn from, the rest to check on: the same cut in every step."""
-    n = int(0.9 * len(text))
-    return text[:n], text[n:]
-
-# ----------------------------------------------------------------------------------------- tokenizer
 # GPT-2's split of a text into words: contractions, letters, digits, other symbols, runs of white space
 GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
@@ -147,7 +109,8 @@ class GPT2Tokenizer:
         self.ranks = {tuple(merge): rank for rank, merge in enumerate(merges)}
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
-        self.split = regex_module().compile(GPT2_SPLIT)  # after main
+        import regex  # re, with \p{L} (a letter) and \p{N} (a number): tiktoken's own
+        self.split = regex.compile(GPT2_SPLIT)
         self.eot = self.encoder.get("<|endoftext|>")  # 50256 in GPT-2: its end of text, never part of a word
         self.cache = {}  # word -> ids: a text repeats its words, each is merged once
 
@@ -220,7 +183,8 @@ def train_bpe(text, vocab_size):
     >>> train_bpe("aaabdaaabac", 259)  # aa 4 times; then (a, b) and (aa, a) twice each: (a, b) sorts first
     [(b'a', b'a'), (b'a', b'b'), (b'aa', b'ab')]
     """
-    counted = collections.Counter(regex_module().findall(GPT2_SPLIT, text))
+    import regex
+    counted = collections.Counter(regex.findall(GPT2_SPLIT, text))
     words = [[bytes([b]) for b in word.encode("utf-8")] for word in counted]  # each a list of tokens
     frequency = list(counted.values())
     pairs, where = collections.Counter(), collections.defaultdict(set)  # pair -> count; -> the words with it
@@ -257,14 +221,25 @@ def learned_bpe(merges):
     pieces = [piece(bytes([b])) for b in range(256)] + [piece(left + right) for left, right in merges]
     return GPT2Tokenizer(pieces, [(piece(left), piece(right)) for left, right in merges])
 
+def tiktoken_gpt2(encoder_json):
+    """tiktoken's "gpt2" encoding, built from data/gpt2/ (tiktoken would download the same files): GPT-2's
+    ids are the ranks of its merges, and its split is GPT2_SPLIT written for tiktoken's regex engine."""
+    import tiktoken
+    from tiktoken_ext.openai_public import r50k_pat_str
+    byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
+    with open(encoder_json, encoding="utf-8") as f:
+        ranks = {bytes(byte_decoder[c] for c in piece): i for piece, i in json.load(f).items() if i != 50256}
+    return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": 50256})
+
 def load_bpe(merges, encoder_json=None, vocab_bpe=None):
-    """The BPE that tokenizer= chooses: tiktoken's, GPT2Tokenizer with GPT-2's files, or with the merges
-    learned here. All three have the same methods (encode_ordinary, decode, ...)."""
+    """The BPE that tokenizer= chooses: tiktoken's GPT-2, GPT2Tokenizer with GPT-2's files, or with the
+    merges learned here. All three have the same methods (encode_ordinary, decode, ...)."""
     if tokenizer == "trained":
         return learned_bpe(merges)
     if tokenizer == "scratch":
         return GPT2Tokenizer(*read_gpt2(encoder_json, vocab_bpe))
-    return tiktoken_encoding(encoding, encoder_json)  # after main
+    return tiktoken_gpt2(encoder_json)
 
 def make_tokenizer(vocab, bpe):
     """Text <-> the model's ids: vocab lists the BPE ids the model knows, and a model id is a place in it.
@@ -283,103 +258,94 @@ def make_tokenizer(vocab, bpe):
 
 # --------------------------------------------------------------------------------------------- model
 class CausalSelfAttention(nn.Module):
-    """All heads at once: one projection makes every head's query, key and value (the lecture's Head makes
-    one head's, and MultiHeadAttention runs n_head of them one after the other)."""
+    """Step 2's MultiHeadAttention, all heads at once: one projection makes every head's query, key and
+    value, and one fused kernel attends, never forming a (T, T) wei: far less memory, and faster."""
 
     def __init__(self, n_embd, n_head, dropout):
         super().__init__()
-        self.n_head = n_head
-        self.qkv = nn.Linear(n_embd, 3 * n_embd)
-        self.proj = nn.Linear(n_embd, n_embd)
-        self.dropout = nn.Dropout(dropout)
-        self.keep_weights = False  # True: the explicit path, which keeps the attention weights in .wei
+        self.n_head, self.dropout = n_head, dropout
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd)  # the heads' queries, keys and values, side by side
+        self.c_proj = nn.Linear(n_embd, n_embd)
+        self.resid_dropout = nn.Dropout(dropout)
 
     def forward(self, x):
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
-        hs = C // self.n_head  # head size
-        q, k, v = (t.view(B, T, self.n_head, hs).transpose(1, 2) for t in (q, k, v))  # each (B, nh, T, hs)
-        if self.keep_weights:  # the lecture's formula, for every head at once
-            wei = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, T): affinities, scaled by 1/sqrt(hs)
-            tril = torch.tril(torch.ones(T, T, device=x.device))
-            self.wei = wei.masked_fill(tril == 0, float("-inf")).softmax(dim=-1)  # no token sees the future
-            y = self.wei @ v  # (B, nh, T, hs)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # the same, fused, never forms (T, T)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
-        return self.dropout(self.proj(y))
+        q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # B,h,T,hs
+        # softmax(q @ k^T / sqrt(hs), the future masked) @ v, dropout on the weights: what each Head computes
+        dropout = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # the heads side by side again, as torch.cat did
+        return self.resid_dropout(self.c_proj(y))
 
 class MLP(nn.Module):
+    """Step 2's FeedFoward."""
+
     def __init__(self, n_embd, dropout):
         super().__init__()
-        self.fc = nn.Linear(n_embd, 4 * n_embd)
-        self.proj = nn.Linear(4 * n_embd, n_embd)
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd)
+        self.c_proj = nn.Linear(4 * n_embd, n_embd)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
-        h = F.relu(self.fc(x))  # (B, T, 4C)
-        return self.dropout(self.proj(h))  # (B, T, C)
+        return self.dropout(self.c_proj(F.relu(self.c_fc(x))))
 
 class Block(nn.Module):
-    """Communication (attention) then computation (MLP), each pre-norm on a residual path (each a switch)."""
+    """Step 2's Block: communication, then computation, each on the residual path after a layer norm."""
 
-    def __init__(self, n_embd, n_head, dropout, mlp=True, residual=True, layernorm=True):
+    def __init__(self, n_embd, n_head, dropout):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(n_embd) if layernorm else nn.Identity()
+        self.ln_1 = nn.LayerNorm(n_embd)
         self.attn = CausalSelfAttention(n_embd, n_head, dropout)
-        self.ln_2 = nn.LayerNorm(n_embd) if layernorm and mlp else nn.Identity()
-        self.mlp = MLP(n_embd, dropout) if mlp else None
-        self.residual = residual  # False: each part replaces x instead of adding to it
+        self.ln_2 = nn.LayerNorm(n_embd)
+        self.mlp = MLP(n_embd, dropout)
 
     def forward(self, x):
-        x = (x if self.residual else 0) + self.attn(self.ln_1(x))
-        if self.mlp:
-            x = (x if self.residual else 0) + self.mlp(self.ln_2(x))
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
         return x
 
 class GPT(nn.Module):
-    def __init__(self, vocab_size, block_size, n_embd, n_head, n_layer, dropout, mlp=True, residual=True,
-                 layernorm=True, init="gpt2", tie=True):
+
+    def __init__(self, vocab_size, block_size, n_embd, n_head, n_layer, dropout):
         super().__init__()
         self.block_size = block_size
-        self.token_embedding = nn.Embedding(vocab_size, n_embd)
-        self.position_embedding = nn.Embedding(block_size, n_embd)
+        self.wte = nn.Embedding(vocab_size, n_embd)  # token embedding
+        self.wpe = nn.Embedding(block_size, n_embd)  # position embedding
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.Sequential(*[Block(n_embd, n_head, dropout, mlp, residual, layernorm)
-                                      for _ in range(n_layer)])
-        self.ln_f = nn.LayerNorm(n_embd) if layernorm else nn.Identity()
-        self.lm_head = nn.Linear(n_embd, vocab_size, bias=not tie)  # tie=False: a matrix, a bias of its own
-        if tie:  # as in GPT-2: one matrix reads the tokens and writes them
-            self.lm_head.weight = self.token_embedding.weight
-        for name, p in self.named_parameters() if init == "gpt2" else []:  # else PyTorch's defaults stay
-            if name.endswith("bias"):  # GPT-2's initialisation
-                nn.init.zeros_(p)
-            elif p.dim() == 2:  # residual projections shrunk, so that the residual stream keeps its scale
-                std = 0.02 / math.sqrt(2 * n_layer) if name.endswith("proj.weight") else 0.02
-                nn.init.normal_(p, 0.0, std)
+        self.blocks = nn.Sequential(*[Block(n_embd, n_head, dropout) for _ in range(n_layer)])
+        self.ln_f = nn.LayerNorm(n_embd)
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        if tie:  # one matrix reads the tokens in and writes them out, as in GPT-2: fewer to learn
+            self.lm_head.weight = self.wte.weight
+        for name, p in self.named_parameters() if init == "gpt2" else []:  # GPT-2's initialisation:
+            if p.dim() == 2:  # small weights, and those that add to the residual stream smaller still,
+                std = 0.02 / math.sqrt(2 * n_layer) if name.endswith("c_proj.weight") else 0.02
+                nn.init.normal_(p, 0.0, std)  # so that it keeps its scale however many blocks add to it
+            else:
+                nn.init.zeros_(p) if name.endswith("bias") else None
 
     def forward(self, idx, targets=None):
         B, T = idx.shape
-        pos = torch.arange(T, device=idx.device)
-        x = self.drop(self.token_embedding(idx) + self.position_embedding(pos))  # (B, T, C)
+        x = self.drop(self.wte(idx) + self.wpe(torch.arange(T, device=idx.device)))  # (B, T, C)
         logits = self.lm_head(self.ln_f(self.blocks(x)))  # (B, T, vocab_size)
         if targets is None:
             return logits, None
-        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
-        """Extend idx (B, T) by max_new_tokens tokens, each fed back in; temperature 0 is greedy."""
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=0):
+        """idx (B, T) and max_new_tokens more, each fed back in; temperature 0: the likeliest."""
         for _ in range(max_new_tokens):
-            logits, _ = self(idx[:, -self.block_size:])  # crop the context to what the model knows
-            logits = logits[:, -1, :].float()  # (B, vocab_size): the last position, in float32 always
+            logits, _ = self(idx[:, -self.block_size:])  # at most block_size tokens of context
+            logits = logits[:, -1, :].float()  # (B, vocab_size): the last position's, in float32
             if temperature == 0:
                 idx_next = logits.argmax(dim=-1, keepdim=True)
             else:
                 logits = logits / temperature
-                if top_k:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                if top_k:  # only the top_k likeliest may be drawn
+                    kth = torch.topk(logits, min(top_k, logits.size(-1)))[0][:, [-1]]
+                    logits[logits < kth] = -float("inf")
                 idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
@@ -397,9 +363,10 @@ def orthogonalize(G, steps=5):
     return X
 
 class Muon(torch.optim.Optimizer):
-    """Muon (K. Jordan, 2024): momentum, then each matrix's update orthogonalised, so that it moves every
-    direction of the matrix about as far. Scaled to AdamW's typical update (0.2 sqrt(larger side), as in
-    Moonshot's Moonlight), so that both optimizers take the same learning rate."""
+    """Muon (K. Jordan, 2024), as nanochat uses it: momentum, then each matrix's update orthogonalised, so
+    that it moves every direction of the matrix about as far. Scaled to AdamW's typical update (0.2
+    sqrt(larger side), as in Moonshot's Moonlight), so that both take the same learning rate. Written out:
+    torch.optim.Muon's Newton-Schulz runs in bf16, ten times slower on a CPU without AVX-512."""
 
     def __init__(self, params, lr, momentum=0.95, weight_decay=0.0):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
@@ -422,49 +389,43 @@ class Muon(torch.optim.Optimizer):
                     p.add_(u, alpha=-group["lr"] * 0.2 * max(shape) ** 0.5)
 
 def make_optimizers(model):
-    """optimizer=muon: Muon for the matrices inside the blocks, AdamW for the rest (README.md says why);
-    optimizer=adamw: AdamW for every parameter, as the lecture. Weight decay on matrices only."""
-    in_blocks = [p for name, p in model.named_parameters() if name.startswith("blocks.") and p.dim() == 2]
-    muon = in_blocks if optimizer == "muon" else []
+    """optimizer=muon: Muon for the matrices inside the blocks, AdamW for the rest (embeddings, biases,
+    norms); optimizer=adamw: AdamW for all. Weight decay on matrices only, as in GPT-2."""
+    muon = [p for name, p in model.named_parameters() if name.startswith("blocks.") and p.dim() == 2]
+    muon = muon if optimizer == "muon" else []
     matrices = [p for p in model.parameters() if p.dim() == 2 and all(p is not m for m in muon)]
-    others = [p for p in model.parameters() if p.dim() < 2]  # biases and norms
+    others = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": matrices, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}]
-    fused = not device.startswith("mps")  # one kernel for the whole update, on CUDA and the CPU
-    adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, beta2), fused=fused)
+    adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.99), fused=device != "mps")
     return [Muon(muon, lr=learning_rate, weight_decay=weight_decay), adamw] if muon else [adamw]
 
 # ------------------------------------------------------------------------------------------ training
 def get_batch(data, generator=None):
-    """batch_size random windows of data: inputs x and targets y, y shifted by one. Each (B, T)."""
-    ix = torch.randint(len(data) - block_size, (batch_size, 1), generator=generator)
-    window = data[ix + torch.arange(block_size + 1)]  # (B, T+1)
-    return window[:, :-1].to(device), window[:, 1:].to(device)
+    # generate a small batch of data of inputs x and targets y
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
+    x = torch.stack([data[i:i + block_size] for i in ix])
+    y = torch.stack([data[i + 1:i + block_size + 1] for i in ix])
+    x, y = x.to(device), y.to(device)
+    return x, y
 
 @torch.no_grad()
-def estimate_loss(model, data, ctx):
-    """Mean loss per token: of every val token once (in windows of block_size, the first read after the
-    last training token), and of eval_iters random batches of the train split, the same at every call."""
+def estimate_loss(model, train_data, val_data, ctx):
+    """The loss of eval_iters train batches (the same each time), and of each val token once: so every
+    step and tokenizer is judged on the same characters."""
+    out = {}
     model.eval()
-    stream = torch.cat([data["train"][-1:], data["val"]])  # every val token a target once: stream[1:]
-    pad = -(len(stream) - 1) % block_size  # the last window filled up with targets -1, which do not count
-    x = F.pad(stream[:-1], (0, pad)).view(-1, block_size).to(device)  # (n, T)
-    y = F.pad(stream[1:], (0, pad), value=-1).view(-1, block_size).to(device)  # (n, T)
     generator = torch.Generator().manual_seed(seed)
-    batches = {"train": [get_batch(data["train"], generator) for _ in range(eval_iters)],
-               "val": list(zip(x.split(batch_size), y.split(batch_size)))}
-    losses = {}
-    for split, pairs in batches.items():
-        with ctx:
-            total = sum(model(x, y)[1].float() * (y >= 0).sum() for x, y in pairs)
-        losses[split] = total.item() / sum((y >= 0).sum().item() for _, y in pairs)
+    with ctx:
+        losses = [model(*get_batch(train_data, generator))[1].item() for _ in range(eval_iters)]
+        out["train"] = sum(losses) / eval_iters
+        val = torch.cat([train_data[-1:], val_data])  # the first val token is read after the last train one
+        pad = -(len(val) - 1) % block_size  # windows filled up with the target -100, which does not count
+        x = F.pad(val[:-1], (0, pad)).view(-1, block_size)
+        y = F.pad(val[1:], (0, pad), value=-100).view(-1, block_size)
+        out["val"] = sum(model(xb.to(device), yb.to(device))[1].item() * (yb >= 0).sum().item()
+                         for xb, yb in zip(x.split(batch_size), y.split(batch_size))) / len(val_data)
     model.train()
-    return losses
-
-def evaluate(model, data, ctx):
-    """The losses, val bits per character (which compare across tokenizers), and their log line."""
-    losses = estimate_loss(model, data, ctx)
-    bpc = losses["val"] / math.log(2) * len(data["val"]) / data["val_characters"]
-    return losses, f"train {losses['train']:.4f} | val {losses['val']:.4f} | val bpc {bpc:.3f}"
+    return out
 
 def get_lr(step):
     """Linear warm-up to learning_rate, then cosine decay to min_lr at max_iters."""
@@ -473,462 +434,358 @@ def get_lr(step):
     progress = min(1.0, (step - warmup_iters) / max(1, max_iters - warmup_iters))
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
 
-def optimize(model, optimizers, scaler, loss, lr):
-    """Backward, then a step of every optimizer at learning rate lr; after an fp16 overflow, of none."""
-    scaler.scale(loss).backward()  # fp16 only: the loss scaled up, so that small gradients stay above zero
-    for optimizer in optimizers:
-        scaler.unscale_(optimizer)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-    norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
-    if not scaler.is_enabled() or norm.isfinite():  # an inf or nan anywhere: no optimizer moves
-        for optimizer in optimizers:
-            scaler.step(optimizer)
-    scaler.update()  # after an overflow, a smaller scale
-    for optimizer in optimizers:
-        optimizer.zero_grad(set_to_none=True)
+def autocast():
+    """On a CUDA GPU the forward pass in 16 bits: bf16 where the GPU has it (compute capability 8.0 on),
+    else fp16, with a scaler that keeps small gradients from rounding to 0 (a T4). Float32 elsewhere."""
+    dtype = None
+    if device.startswith("cuda"):
+        dtype = torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+    ctx = torch.autocast("cuda", dtype=dtype) if dtype else nullcontext()
+    return ctx, torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
-def train(model, optimizers, scaler, ctx, data, run):
-    """Steps run["step"] to max_iters: progress every log_interval steps; the losses and a checkpoint every
-    eval_interval steps and at the end. run is what the checkpoint keeps besides the model and optimizers."""
-    first, started, last = run["step"], time.time(), time.time()
-    tokens, recent = 0, []
-    for step in range(first, max_iters + 1):  # a resumed run has evaluated its first step already
-        evaluating = (step % eval_interval == 0 or step == max_iters) and (step > first or not run["history"])
-        if evaluating or (step % log_interval == 0 and step > first):
-            now, line = time.time(), f"step {step}/{max_iters}"
-            if recent:  # the mean loss of the batches since the last line, for the loss picture too
-                run["progress"].append((step, torch.stack(recent).mean().item()))
-            if evaluating:
-                losses, report = evaluate(model, data, ctx)
-                line += f" | {report}"
-            else:
-                line += f" | loss {run['progress'][-1][1]:.4f}"
-            if step > first:
-                left = (now - started) / (step - first) * (max_iters - step)
-                speed = tokens / max(now - last, 1e-6)
-                line += f" | {speed:,.0f} tok/s | {clock(now - started)} | {clock(left)} left"
-            print(line, flush=True)
-            if evaluating:
-                run["history"].append((step, losses["train"], losses["val"]))
-                save_checkpoint(model, optimizers, scaler, run, step, losses["val"])  # replaces any older one
-            tokens, recent, last = 0, [], time.time()
-        if step == max_iters:
+def train(model, optimizers, data, run):
+    """Step 2's loop, the GPT-2 way: the learning rate warms up, then decays; the gradient is clipped;
+    on a GPU the forward pass runs in 16 bits. run (after main) prints it and keeps checkpoints."""
+    ctx, scaler = autocast()
+    for iter in range(run.step, max_iters + 1):
+        if iter % eval_interval == 0 or iter == max_iters:
+            run.evaluating(iter)
+            losses = estimate_loss(model, data["train"], data["val"], ctx)
+            bpc = losses["val"] / math.log(2) * len(data["val"]) / data["val_characters"]  # bits a character
+            run.evaluated(iter, losses, f"val bpc {bpc:.3f}")
+        if iter == max_iters:
             break
-        x, y = get_batch(data["train"])
+        torch.manual_seed(seed + 1_000_003 * iter)  # the step's batch and dropout, from seed and step alone
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = get_lr(iter)
+        xb, yb = get_batch(data["train"])
         with ctx:
-            _, loss = model(x, y)
-        optimize(model, optimizers, scaler, loss, get_lr(step))
-        tokens, recent = tokens + x.numel(), recent + [loss.detach()]
+            logits, loss = model(xb, yb)
+        scaler.scale(loss).backward()  # in fp16, scaled up first
+        for optimizer in optimizers:
+            scaler.unscale_(optimizer)
+        if nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf).isfinite():  # clipped
+            for optimizer in optimizers:  # an inf or nan in fp16: no optimizer steps, and the scale drops
+                scaler.step(optimizer)
+        scaler.update()
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        run.stepped(iter + 1, loss, xb.numel())
 
 # ------------------------------------------------------------------------------------------ sampling
 @torch.no_grad()
-def sample(model, encode):
-    """The prompt start= continued by max_new_tokens tokens, with dropout off, in float32 (no autocast: the
-    temperature and top_k work on exact logits): ids (1, T)."""
+def sample(model, encode):  # the prompt start=, continued by max_new_tokens tokens, with dropout off
     model.eval()
-    idx = torch.tensor([encode(start)], dtype=torch.long, device=device)  # (1, T)
-    return model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k or None)
+    context = torch.tensor([encode(start)], dtype=torch.long, device=device)
+    return model.generate(context, max_new_tokens, temperature, top_k)[0].tolist()
 
 # ---------------------------------------------------------------------------------------------- main
 def main():
-    given = configure(sys.argv)
-    checkpoint = load_checkpoint(given) if resume or max_iters == 0 else None  # it sets the model's sizes
-    ctx, scaler = set_up_device()
-    named = [TEXTS[dataset]] if dataset in TEXTS else []  # else a file of one's own, read as it is
-    gpt2 = [] if tokenizer == "trained" else ["gpt2/encoder.json", "gpt2/vocab.bpe"]  # GPT-2's two files
-    files = data_files(*named, *gpt2)
-    text = load_text(files[0] if named else dataset)
-    train_text, val_text = split_text(text)
+    checkpoint = configure(device=dict(cpu=LAPTOP, mps=LAPTOP))  # after main(), as is all it calls but
+    torch.manual_seed(seed)  # the lesson above
+    needed = [TEXTS[dataset]] if dataset in TEXTS else []
+    if tokenizer != "trained":
+        needed += GPT2  # GPT-2's ids and merges
+    data_files(*needed)  # downloaded if missing, all at once
+    text = load_text(dataset)
+    n = int(0.9 * len(text))  # the first 90% of the characters to train on: the same cut as in step 2
+    train_text, val_text = text[:n], text[n:]
     merges = checkpoint["vocab"]["merges"] if checkpoint else []
     if tokenizer == "trained" and not checkpoint:  # from the training text alone
-        started = time.time()
+        t = time.time()
         merges = train_bpe(train_text, vocab_size)
-        print(f"{SCRIPT}: {len(merges):,} merges learned from the training text in "
-              f"{time.time() - started:.1f} s")
-    bpe = load_bpe(merges, *files[len(named):])
+        print(f"{len(merges):,} merges learned from the training text in {time.time() - t:.1f} s")
+    bpe = load_bpe(merges, *(os.path.join(DATA_DIR, name) for name in GPT2))
     known = set(bpe.encode_ordinary(train_text)) | {bpe.encode_single_token(bytes([b])) for b in range(256)}
     ids = sorted(known) if compact_vocab else list(range(bpe.n_vocab))  # the BPE ids the model knows
     encode, decode = make_tokenizer(ids, bpe)
     data = {"train": torch.tensor(encode(train_text)), "val": torch.tensor(encode(val_text)),
             "val_characters": len(val_text)}
-    check_prompt([], data)  # every prompt has ids (make_tokenizer)
-    model = GPT(len(ids), block_size, n_embd, n_head, n_layer, dropout, mlp, residual, layernorm, init, tie)
-    optimizers = make_optimizers(model.to(device))
+    check_data(data["train"], data["val"])
+    model = GPT(len(ids), block_size, n_embd, n_head, n_layer, dropout).to(device)
     tokens = len(data["train"]) + len(data["val"])
-    print(f"{SCRIPT}: device {device} | {sum(p.numel() for p in model.parameters()):,} parameters | "
-          f"{dataset}: {len(text):,} characters, {tokens:,} tokens of {tokenizer} ({len(text) / tokens:.2f} "
-          f"characters a token), vocabulary {len(ids)} | val {len(val_text):,} characters")
-    vocab = {"ids": ids, "merges": merges}  # what decoding needs, in the checkpoint
-    run = restore(checkpoint, model, optimizers, scaler, vocab)
-    if max_iters > run["step"]:
-        train(model, optimizers, scaler, ctx, data, run)
-        plot_losses(run)
-    out = sample(model, encode)
-    print(f"--- sample, prompt {start!r}, temperature {temperature} ---\n{decode(out[0].tolist())}")
+    print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters | device {device} | "
+          f"{dataset}: {len(text):,} characters, {len(val_text):,} characters to validate")
+    print(f"{tokens:,} tokens of {tokenizer}, {len(ids)} distinct, {len(text) / tokens:.2f} characters each")
+    optimizers = make_optimizers(model)
+    run = Run(checkpoint, {"ids": ids, "merges": merges}, model, *optimizers)
+    if run.step < max_iters:
+        train(model, optimizers, data, run)
+        run.plot()
+    print(f"--- sample, temperature {temperature} ---\n{decode(sample(model, encode))}")
 
 # ===================================================================================================
-# Plumbing, the same in every script: settings, errors, device, data files, checkpoints, pictures.
+# Plumbing, the same in every script: settings, errors, data files, checkpoints, progress, pictures.
 # ===================================================================================================
+import difflib, re, shutil, socket, textwrap  # noqa: E401,E402  the plumbing's own
+
 SCRIPT = "gpt_bpe"
-MODEL_KEYS = ("dataset", "tokenizer", "encoding", "vocab_size", "compact_vocab", "block_size", "n_embd",
-              "n_head", "n_layer", "mlp", "residual", "layernorm", "tie", "optimizer")  # its model
-KEEP = ("device", "out_dir", "resume", "start", "max_new_tokens", "temperature", "top_k")  # never from it
+NOTEBOOK = "__file__" not in globals()  # pasted into a cell: no file, and sys.argv is the kernel's
+DATA_DIR = "data" if NOTEBOOK else os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+OWN = ("device", "out_dir", "resume")  # this run's own: never read from a checkpoint
+KEPT = {}  # the step of this run that out_dir/SCRIPT.pt holds: what Ctrl-C says
 
-def setting_problems():
-    return [message for ok, message in [
-        (device in devices(), f"device={device!r} is not one of this machine's: {', '.join(devices())}"),
-        (dataset in TEXTS or os.path.isfile(dataset),
-         f"dataset={dataset!r} is not one of {', '.join(TEXTS)}, nor the path of a text file"),
-        (tokenizer in ("tiktoken", "scratch", "trained"),
+def problems():  # what this script's settings cannot be
+    return [said for bad, said in [
+        (dataset not in TEXTS and not os.path.isfile(dataset), f"dataset={dataset!r} is no file"),
+        (tokenizer not in ("tiktoken", "scratch", "trained"),
          f"tokenizer={tokenizer!r} is not tiktoken, scratch or trained"),
-        (tokenizer != "scratch" or encoding == "gpt2",
-         "tokenizer=scratch is GPT-2's BPE: it needs encoding=gpt2"),
-        (vocab_size >= 256, f"vocab_size={vocab_size} is less than the 256 bytes"),
-        (min(batch_size, block_size, n_layer, n_head, n_embd, eval_interval, eval_iters, log_interval) > 0,
-         "batch_size, block_size, n_layer, n_head, n_embd, eval_iters and the intervals must be > 0"),
-        (n_embd % n_head == 0, f"n_embd={n_embd} is not divisible by n_head={n_head}"),
-        (0 <= dropout < 1, f"dropout={dropout} is not in [0, 1)"),
-        (0 <= min_lr <= learning_rate and learning_rate > 0, "learning_rate must be > 0, min_lr in [0, it]"),
-        (min(max_iters, max_new_tokens, top_k, temperature, warmup_iters, grad_clip) >= 0,
-         "max_iters, max_new_tokens, top_k, temperature, warmup_iters and grad_clip must be >= 0"),
-        (optimizer in ("muon", "adamw") and init in ("gpt2", "pytorch") and 0 <= beta2 < 1,
-         f"optimizer={optimizer!r} init={init!r} beta2={beta2}: muon or adamw, gpt2 or pytorch, in [0, 1)"),
-        (start != "", "the prompt start= must not be empty"),
-        (0 <= seed < 2**63, f"seed={seed} is not in [0, 2**63)"),
-    ] if not ok]
+        (vocab_size < 256, f"vocab_size={vocab_size} is less than the 256 bytes"),
+        (min(batch_size, block_size, n_embd, n_head, eval_interval, eval_iters, log_interval) < 1,
+         "batch_size, block_size, n_embd, n_head, eval_interval, eval_iters, log_interval: 1 or more"),
+        (n_embd % max(1, n_head), f"n_embd={n_embd} is not divisible by n_head={n_head}"),
+        (dropout >= 1, f"dropout={dropout} is not below 1"),
+        (optimizer not in ("muon", "adamw") or init not in ("gpt2", "pytorch"),
+         "optimizer= is muon or adamw, init= gpt2 or pytorch"),
+        (min_lr > learning_rate, f"min_lr={min_lr} is above learning_rate={learning_rate}"),
+        (not start, "start= cannot be empty"),
+    ] if bad]
 
-def devices():
-    gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    apple = ["mps"] if torch.backends.mps.is_available() else []
-    return ["cpu", *(["cuda", *gpus] if gpus else []), *apple]
-
-def check_prompt(unknown, data):
-    if unknown:
-        die(f"the prompt start={start!r} has characters that never occur in {dataset}: "
-            f"{', '.join(map(repr, unknown))}; set start= to a prompt of its characters")
-    if block_size >= min(len(data["train"]), len(data["val"])):
-        die(f"dataset={dataset} is too short for block_size={block_size}: {len(data['train']):,} tokens to "
-            f"train on, {len(data['val']):,} to validate on; each needs more than block_size")
-
-class Stopped(Exception):  # a mistake, in a notebook: IPython shows _render_traceback_, not a traceback
-    _render_traceback_ = lambda self: [str(self)]  # noqa: E731
-
-def die(message, status=1):
-    """Stop with one sentence: on stderr with a non-zero exit status, or in a notebook as the cell's error."""
-    if getattr(builtins, "__IPYTHON__", False):
-        raise Stopped(f"{SCRIPT}: {message}")
-    print(f"{SCRIPT}: {message}", file=sys.stderr)
+def die(said, status=1):  # one sentence and a non-zero exit status; in a notebook, the cell's error
+    if NOTEBOOK:
+        raise Stopped(f"{SCRIPT}: {said}") from None
+    print(f"{SCRIPT}: {said}", file=sys.stderr)
     sys.exit(status)
 
-@contextmanager
-def clear_errors():
-    """Ctrl-C, or too little memory: one sentence; the last checkpoint is kept."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        where = "" if out_dir == "out" else f" out_dir={out_dir}"
-        die(f"interrupted; {checkpoint_path()} holds the last evaluation: resume=true{where} goes on from it"
-            if os.path.isfile(checkpoint_path()) else "interrupted; no checkpoint was written", 130)
-    except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
-        if "out of memory" not in str(e) and "can't allocate memory" not in str(e):
-            raise
-        die(f"out of memory on {device}: make batch_size, block_size or the model smaller")
+class Stopped(Exception):
+    _render_traceback_ = lambda self: [str(self)]  # noqa: E731  what IPython shows, not a traceback
 
-def configure(argv):
-    """Set the hyperparameters from name=value arguments; return the names set. device= picks the sizes()
-    and lecture= a preset of LECTURE, where a script has them; the others win. A notebook sets all."""
-    notebook = "kernel_launcher" in os.path.basename(argv[0] if argv else "") or "__file__" not in globals()
-    args, given = ([], set(SETTINGS)) if notebook else (argv[1:], set())
-    values, valid = {}, "valid settings: " + " ".join(f"{k}={globals()[k]!r}" for k in SETTINGS)
-    for arg in (a for a in args if a not in ("-h", "--help")):
-        name, eq, text = arg.lstrip("-").partition("=")
-        if not eq or name not in SETTINGS:
-            close = difflib.get_close_matches(name, SETTINGS, 1)
-            die(f"unknown setting {arg!r}{f' (did you mean {close[0]}=...?)' if close else ''}; {valid}", 2)
-        kind, words = type(globals()[name]), ("false", "0", "true", "1")  # a bool's, in any case
-        try:
-            values[name] = words.index(text.lower()) > 1 if kind is bool else kind(text)
-        except ValueError:
-            die(f"{name}={text!r} is not a valid {kind.__name__}{f' {words}' * (kind is bool)}; {valid}", 2)
-        if kind is float and not math.isfinite(values[name]):
-            die(f"{name}={text!r} is not a finite number", 2)
-    if "device" in values and "sizes" in globals():
-        sizes(values["device"])
-    globals().update(values)  # first: a checkpoint's settings (resume, max_iters=0) replace a preset's
-    rungs = {} if (resume or max_iters == 0) and not notebook else globals().get("LECTURE", {})
-    rung = rungs.get(name := globals().get("lecture"), {})  # in a notebook, over the lines above
-    globals().update({**rung, **values})
-    if (own := globals().get("dataset", "")) not in globals().get("TEXTS", {}) and os.path.isfile(own):
-        globals()["dataset"] = os.path.abspath(own)  # a text of one's own: a checkpoint finds it anywhere
-    given |= set(rung) | set(values)
-    if {"-h", "--help"} & set(args):  # the docstring, then the settings as they would be used, explained
-        with open(__file__, encoding="utf-8") as f:
-            notes = dict(reversed(re.findall(r"^ *(\w+) = .*?  # (.*)$", f.read(), re.M)))  # a name's first
-        print(__doc__.strip(), "\nSettings (name=value), as they would be used here:",
-              *(f"  {f'{k}={globals()[k]!r}':<26} {notes.get(k, '')}" for k in SETTINGS),
-              *(f"lecture={n} sets {' '.join(f'{k}={v}' for k, v in preset.items())}"
-                for n, preset in globals().get("LECTURE", {}).items()), sep="\n")
+def configure(**presets):
+    """The settings, each layer over the one before: the lines above; for a new run the presets (the
+    sizes of presets["device"][device], a LECTURE rung), or to resume or sample from the command line
+    the checkpoint's settings; the values given as name=value. Returns the checkpoint, or None."""
+    args = [] if NOTEBOOK else sys.argv[1:]
+    given = dict(parse(arg) for arg in args if arg not in ("-h", "--help"))
+    globals().update(given)  # first: they choose the presets, and whether to read a checkpoint
+    checkpoint = load_checkpoint() if resume or max_iters == 0 else None
+    saved = checkpoint["config"] if checkpoint and not NOTEBOOK else {}  # a notebook's cell says it all
+    told = []  # what the presets set: in a notebook, over the lines above
+    for name, table in {} if saved else presets.items():
+        if preset := table.get(globals()[name]):
+            globals().update(preset)
+            told.append(wrap(f"{name}={globals()[name]} sets {listed(preset)}"))
+    globals().update({k: v for k, v in saved.items() if k not in OWN}, **given)
+    if "-h" in args or "--help" in args:  # the docstring, then the settings as they would be
+        notes = dict(reversed(re.findall(r"^(\w+) = .*?  # (.*)$", open(__file__).read(), re.M)))
+        print(__doc__.strip(), "\nSettings (name=value), as they would be here:",
+              *(wrap(f"  {f'{k}={globals()[k]!r}':<24} {notes.get(k, '')}") for k in DEFAULTS),
+              *(wrap(f"{name}={value} sets {listed(preset)}") for name, table in presets.items()
+                for value, preset in table.items()), sep="\n")
         sys.exit(0)
-    if rung:  # said: in a notebook it replaces the lines above
-        print(f"lecture={name} sets", *(f"{k}={v}" for k, v in rung.items() if k not in values))
-    for problem in [] if resume or max_iters == 0 else setting_problems()[:1]:  # else in load_checkpoint
-        die(problem, 2)
-    parent = os.path.abspath(out_dir)  # out_dir, or the folder that will hold it: a folder one can write in
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    writable = os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)
-    if not writable or os.path.isdir(checkpoint_path()) or os.path.isfile(os.path.join(out_dir, "previous")):
-        die(f"out_dir={out_dir!r} is not a folder this script can write {SCRIPT}.pt and previous/ in", 2)
-    return given
+    said = problems() + [f"{k}={v} is below 0" for k, v in globals().items() if k in DEFAULTS and
+                         not isinstance(v, str) and v < 0]
+    try:
+        torch.empty(0, device=device)
+    except Exception:  # not a device's name, or not one of this machine's
+        said.append(f"device={device!r} is not a device of this machine")
+    if said:
+        die(said[0], 2)
+    print(*told, sep="\n") if told else None
+    torch.backends.cuda.matmul.allow_tf32 = True  # on a CUDA GPU: TF32 matrix products, much faster
+    return checkpoint
 
-def set_up_device():
-    """Seed; on CUDA: TF32, and bf16 autocast where the GPU has bf16 in hardware (8.0+), else fp16 (a T4)."""
-    torch.manual_seed(seed)
-    kind, dtype = device.split(":")[0], torch.float32
-    if kind == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        dtype = torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
-    ctx = nullcontext() if dtype == torch.float32 else torch.autocast(kind, dtype=dtype)
-    return ctx, torch.amp.GradScaler(kind, enabled=dtype == torch.float16)
+def parse(arg):  # 'name=value' -> (name, value of the default's type; a bool: true, false, 1 or 0)
+    name, equals, text = arg.lstrip("-").partition("=")
+    if name not in DEFAULTS or not equals:
+        close = difflib.get_close_matches(name, DEFAULTS, 1)
+        die(f"unknown setting {arg!r}{f' (did you mean {close[0]}=...?)' if close else ''}: see --help", 2)
+    kind = type(DEFAULTS[name])
+    try:
+        value = kind(text) if kind is not bool else {"true": True, "1": True, "false": False, "0": False}[
+            text.lower()]
+        if kind is float and not math.isfinite(value):
+            raise ValueError
+    except (KeyError, ValueError):
+        what = {bool: "true, false, 1 or 0", int: "a whole number"}.get(kind, "a finite number")
+        die(f"{name}={text!r} is not {what}", 2)
+    return name, value
 
-HERE = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else "."  # a notebook: ./
-DATA_DIR = os.path.join(HERE, "data")
-DATA_FILES = {  # name in data/: (download URL, SHA-256, which a download must match)
+def wrap(line):  # folded at 110 characters
+    return textwrap.fill(line, 110, subsequent_indent="    ")
+
+def listed(settings):  # as name=value
+    return " ".join(f"{k}={v!r}" for k, v in settings.items())
+
+def changed(settings):  # those that differ from the lines above
+    return listed({k: v for k, v in settings.items() if v != DEFAULTS[k] and k not in OWN})
+
+DATA_FILES = {  # data/NAME: where it is downloaded from, and its SHA-256
     "tinyshakespeare.txt": (
         "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
         "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"),
     "atticus.xml": (
-        "https://raw.githubusercontent.com/PerseusDL/canonical-latinLit/"
-        "1066a551aa5445ab165e9b490a6bb06ce72828da/data/phi0474/phi057/phi0474.phi057.perseus-lat1.xml",
+        "https://raw.githubusercontent.com/PerseusDL/canonical-latinLit/1066a551aa5445ab165e9b490a6bb06ce"
+        "72828da/data/phi0474/phi057/phi0474.phi057.perseus-lat1.xml",
         "82e361a4dcf554470eab9daba9cc02b0e0ea34d13dc4ae3bf35ea98d2b18f3fe"),
-    "gpt2/encoder.json": (  # GPT-2's token ids: the files tiktoken.get_encoding("gpt2") downloads
-        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
-        "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
-    "gpt2/vocab.bpe": (  # GPT-2's 50,000 merges, most frequent first
-        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
-        "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
+    "gpt2/encoder.json": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+                          "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
+    "gpt2/vocab.bpe": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+                       "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
 }
 
-def data_files(*names):
-    """The paths of data/NAME, each checked against its SHA-256, downloaded if missing; else every problem."""
-    problems = []
-    for name in names:
-        url, sha256 = DATA_FILES[name]
-        path = os.path.join(DATA_DIR, name)
-        if not os.path.lexists(path):
-            problems += download(url, path, sha256)
-        elif (digest := sha256_of(path)) != sha256:
-            problems.append(f"{path} is not a readable file" if digest is None else f"{path} is not the "
-                            f"pinned file (SHA-256 mismatch); delete it to download it again")
-    if problems:
-        die("; ".join(problems))
-    return [os.path.join(DATA_DIR, name) for name in names]
+def data_files(*names):  # the paths of data/NAME..., each downloaded if it is missing
+    paths, missing = [os.path.join(DATA_DIR, name) for name in names], []
+    for name, path in zip(names, paths):
+        try:
+            if not os.path.exists(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                socket.setdefaulttimeout(30)  # torch.hub would wait forever
+                torch.hub.download_url_to_file(DATA_FILES[name][0], path, hash_prefix=DATA_FILES[name][1])
+        except Exception as e:  # no network, a wrong address, a corrupted download
+            missing += [f"  {DATA_FILES[name][0]}\n    to be saved as {path}"]
+            why = e
+    if missing:
+        die("\n".join([f"could not download ({why}); download by hand, and save each as it says:", *missing]))
+    return paths
 
-def sha256_of(path):  # None for what is not a readable file: a folder, say
-    if os.path.isfile(path) and os.access(path, os.R_OK):
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
-
-def download(url, path, sha256):
-    """url to a temporary file beside path, renamed to path if its SHA-256 is right; [] or [the problem]."""
-    part = path + ".part"
+def load_text(dataset):  # Shakespeare's plays, Cicero's letters out of their XML, or a text file
+    path = data_files(TEXTS[dataset])[0] if dataset in TEXTS else dataset
+    if dataset == "atticus":
+        return read_atticus(path)
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        print(f"downloading {url}")
-        with urllib.request.urlopen(url, timeout=30) as response, open(part, "wb") as f:
-            f.write(response.read())
-        if sha256_of(part) != sha256:
-            raise ValueError("its SHA-256 is not the pinned one")
-        os.replace(part, path)
-        return []
-    except Exception as e:  # no network, a wrong address, a corrupted file
-        return [f"could not download {url} ({e}); download it by hand and save it as {path}"]
-    finally:  # failed or interrupted: no partial file left
-        if os.path.isfile(part):
-            os.remove(part)
-
-def read_text(path):
-    """A file's text, or one sentence: a file that cannot be read, is empty, binary or not UTF-8."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:  # UnicodeDecodeError: a binary file, or another encoding
-        die(f"{path} is not UTF-8 text" if isinstance(e, UnicodeError) else f"could not read {path} ({e})")
-    if "\x00" in text or not text.strip():
-        die(f"{path} is {'a binary file, not text' if text.strip() else 'empty, or only white space'}")
+        text = open(path, encoding="utf-8").read()
+    except UnicodeDecodeError:
+        die(f"{path} is not UTF-8 text")
+    if not text.strip() or "\x00" in text:
+        die(f"{path} is {'a binary file' if text.strip() else 'empty'}, not text")
     return text
 
-def read_atticus(path):
-    """Cicero's letters from a Perseus TEI file, EpiDoc or the older hopper markup: dateline, salute, body."""
-    try:
-        from bs4 import BeautifulSoup
-        import lxml  # noqa: F401  the XML parser that BeautifulSoup(..., "xml") uses
-    except ImportError:
-        die("reading atticus.xml needs BeautifulSoup and lxml: pip install beautifulsoup4 lxml")
-    with open(path, encoding="utf-8") as f:
-        soup = BeautifulSoup(f, "xml")
-    letters = []
+def read_atticus(path):  # Cicero's letters in Perseus TEI, EpiDoc or hopper: dateline, salute, body
+    from bs4 import BeautifulSoup
+    import lxml  # noqa: F401  the XML parser of BeautifulSoup(..., "xml")
+    soup, letters = BeautifulSoup(open(path, encoding="utf-8"), "xml"), []
     for letter in soup.find_all("div", subtype="letter") or soup.find_all("div2"):
-        for tag in letter.find_all(["del", "expan", "note"]):  # the editor's deletions, expansions and notes
+        for tag in letter.find_all(["del", "expan", "note"]):  # the editor's deletions, expansions, notes
             tag.decompose()
         for tag in letter.find_all(["p", "l"]):
-            tag.append(" ")  # a paragraph or verse line ends a word even where no space follows it
+            tag.append(" ")  # a paragraph or a verse ends a word, even with no space after it
         tags = [letter.find(attrs={"rend": name}) or letter.find(name) for name in ("dateline", "salute")]
         parts = [" ".join(tag.extract().get_text().split()) if tag else "" for tag in tags]
         letters.append("\n".join([*parts, " ".join(letter.get_text().split())]))  # then the rest
     return "\n\n".join(letters)
 
-def regex_module():
-    """The regex module: re with \\p{L} (any letter) and \\p{N} (any number). tiktoken depends on it."""
-    try:
-        import regex
-    except ImportError:
-        die(f"tokenizer={tokenizer} needs the regex module: pip install regex")
-    return regex
+def check_data(train_data, val_data, unknown=()):
+    if unknown:
+        die(f"the prompt start={start!r} has characters that {dataset} lacks: "
+            + ", ".join(map(repr, sorted(unknown))))
+    if block_size >= min(len(train_data), len(val_data)):
+        die(f"{dataset} is too short for block_size={block_size}: {len(train_data):,} tokens to train on, "
+            f"{len(val_data):,} to validate on")
 
-def tiktoken_encoding(name, encoder_json):
-    """tiktoken's encoding `name`: "gpt2" built from data/gpt2/ without the network, any other downloaded."""
-    try:
-        import tiktoken
-        from tiktoken_ext.openai_public import r50k_pat_str  # GPT2_SPLIT, written for tiktoken's regex engine
-    except ImportError:
-        die("tokenizer=tiktoken needs tiktoken: pip install tiktoken (or use tokenizer=scratch)")
-    if name != "gpt2":
-        try:
-            return tiktoken.get_encoding(name)
-        except Exception as e:  # an unknown name, or no network: tiktoken downloads its files on first use
-            first_line = str(e).splitlines()[0] if str(e) else ""
-            die(f"tiktoken could not load the encoding {name!r} ({type(e).__name__}: {first_line}); "
-                f"encoding=gpt2 works offline from {DATA_DIR}/gpt2/")
-    with open(encoder_json, encoding="utf-8") as f:  # GPT-2's ids are the ranks of its merges
-        byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
-        ranks = {bytes(byte_decoder[c] for c in piece): i for piece, i in json.load(f).items() if i != 50256}
-    return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
-                             special_tokens={"<|endoftext|>": 50256})
-
-def checkpoint_path():
-    return os.path.join(out_dir, f"{SCRIPT}.pt")
-
-def unusable(why):
-    die(f"{checkpoint_path()} is not a checkpoint {SCRIPT}.py can use ({why}): train anew, or change out_dir")
-
-def load_checkpoint(given):
-    """The checkpoint for resume=true or max_iters=0: its settings replace those not given, but KEEP's."""
-    path = checkpoint_path()
+def load_checkpoint():
+    path = os.path.join(out_dir, f"{SCRIPT}.pt")
     if not os.path.exists(path):
-        die(f"{'resume=true' if resume else 'max_iters=0'} needs a checkpoint, and there is none at {path}; "
-            f"train first, or set out_dir= the folder that holds one")
+        die(f"{'resume=true' if resume else 'max_iters=0'} needs a checkpoint, and there is none at {path}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        if checkpoint["script"] != SCRIPT:
-            raise ValueError(f"it was written by {checkpoint['script']}.py")
-        config = {k: checkpoint["config"][k] for k in SETTINGS}
-    except Exception as e:  # truncated, foreign, or of another version of this script
-        unusable(e if isinstance(e, ValueError) else type(e).__name__)
-    clash = [f"{k}={config[k]!r}" for k in MODEL_KEYS if k in given and config[k] != globals()[k]
-             and not (k == "dataset" and os.path.isfile(dataset))]  # one's own text: its vocabulary tells
-    if clash:
-        die(f"{path} was trained with {' '.join(clash)}: leave those settings out (or set them so), "
-            f"or set out_dir= another folder")
-    globals().update({k: v for k, v in config.items() if k not in given and k not in KEEP})
-    for problem in setting_problems()[:1]:  # the checkpoint's settings and the ones given, together
-        die(problem, 2)
+        if checkpoint["script"] != SCRIPT or set(checkpoint["config"]) != set(DEFAULTS):
+            raise ValueError(f"{checkpoint['script']}.py wrote it")
+    except Exception as e:  # truncated, foreign, another script's or another version's
+        why = e if isinstance(e, ValueError) else type(e).__name__
+        die(f"{path} is not a checkpoint {SCRIPT}.py can use ({why}): train anew, or set out_dir=")
     return checkpoint
 
-def restore(checkpoint, model, optimizers, scaler, vocab):
-    """The run so far: a new one, or the checkpoint's (model; to resume, optimizers, scaler, random state)."""
-    path, kept = checkpoint_path(), os.path.join(out_dir, "previous")
-    if checkpoint is None:  # a new run: the checkpoint of the run before, unless it trained nothing, is kept
-        try:
-            step = os.path.isfile(path) and torch.load(path, map_location="cpu", weights_only=True)["step"]
-        except Exception:  # not a checkpoint this script can read: kept all the same
-            step = "?"
-        if step:  # 0, or False: no file
-            os.renames(path, os.path.join(kept, f"{SCRIPT}.pt"))  # making the folder first
-            print(f"the previous run's checkpoint (step {step}) is now {kept}/{SCRIPT}.pt: resume=true "
-                  f"out_dir={kept} goes on from it (one run back is kept, no more)")
-        return {"vocab": vocab, "step": 0, "history": [], "progress": [], "best_val_loss": math.inf}
-    try:
-        if checkpoint["vocab"] != vocab:
-            raise ValueError("its text had another vocabulary")
-        model.load_state_dict(checkpoint["model"])
-        if resume:
-            for optimizer, state in zip(optimizers, checkpoint["optimizer"], strict=True):
-                state["param_groups"] = [{**old, **{k: v for k, v in new.items() if k != "params"}}
-                                         for old, new in zip(state["param_groups"], optimizer.param_groups)]
-                optimizer.load_state_dict(state)  # with this run's settings, not the saved ones
-            if checkpoint["scaler"]:  # empty unless it was trained in fp16
-                scaler.load_state_dict(checkpoint["scaler"])
-            torch.set_rng_state(checkpoint["rng"]["cpu"])
-            if (kind := device.split(":")[0]) in checkpoint["rng"] and kind != "cpu":  # dropout on a GPU
-                getattr(torch, kind).set_rng_state(checkpoint["rng"][kind], device)
-        run = {k: checkpoint[k] for k in "vocab step history progress val_loss best_val_loss".split()}
-    except (KeyError, RuntimeError, ValueError, TypeError) as e:
-        unusable(e if isinstance(e, ValueError) else type(e).__name__)
-    print(f"loaded {path}: step {run['step']}, val {run['val_loss']:.4f}")
-    if resume and run["step"] >= max_iters:
-        print(f"max_iters={max_iters} is reached already: nothing to train; set max_iters= higher to go on")
-    return run
+class Run:
+    """The run so far (its step, its losses), its progress lines, and its checkpoint out_dir/SCRIPT.pt."""
 
-def save_checkpoint(model, optimizers, scaler, run, step, val_loss):
-    """All an exact resume needs, to a temporary file then renamed: never half a checkpoint."""
-    path = checkpoint_path()
-    kept = f"{path} keeps the last evaluation" if os.path.isfile(path) else "no checkpoint was written"
-    if not math.isfinite(val_loss):
-        die(f"the val loss is {val_loss} at step {step}: lower learning_rate ({kept})")
-    run.update(step=step, val_loss=val_loss, best_val_loss=min(run["best_val_loss"], val_loss))
-    rng = {"cpu": torch.get_rng_state()}  # the batches, and dropout on the CPU
-    if (kind := device.split(":")[0]) != "cpu":  # dropout on a GPU
-        rng[kind] = getattr(torch, kind).get_rng_state(device)
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        torch.save({**run, "script": SCRIPT, "config": {k: globals()[k] for k in SETTINGS}, "rng": rng,
-                    "model": model.state_dict(), "optimizer": [o.state_dict() for o in optimizers],
-                    "scaler": scaler.state_dict()}, path + ".tmp")
-        os.replace(path + ".tmp", path)
-    except (OSError, RuntimeError) as e:  # a full disk, say
-        die(f"could not write {path} ({e}); {kept}")
-    finally:  # failed or interrupted: no half-written file left
-        if os.path.isfile(path + ".tmp"):
-            os.remove(path + ".tmp")
+    def __init__(self, checkpoint, vocab, model, *optimizers):
+        self.path, self.parts = os.path.join(out_dir, f"{SCRIPT}.pt"), (vocab, model, optimizers)
+        self.step, self.evals, self.losses = 0, [], []  # (step, train, val), (step, a batch's loss)
+        if checkpoint:
+            try:
+                if checkpoint["vocab"] != vocab:
+                    raise ValueError("its text had another vocabulary")
+                model.load_state_dict(checkpoint["model"])
+                for optimizer, state in zip(optimizers, checkpoint["optimizers"]) if resume else []:
+                    now = optimizer.state_dict()["param_groups"]  # this run's learning rate, weight decay...
+                    optimizer.load_state_dict({**state, "param_groups": now})
+            except (RuntimeError, ValueError, KeyError) as e:  # sizes, or a text, that do not fit
+                die(f"{self.path} does not fit these settings ({str(e).splitlines()[0]}): it had "
+                    + listed({k: v for k, v in checkpoint["config"].items() if v != globals()[k]}))
+            self.step, self.evals, self.losses = checkpoint["step"], checkpoint["evals"], checkpoint["losses"]
+            print(wrap(f"loaded {self.path}: step {self.step}, val {self.evals[-1][2]:.4f}, trained with "
+                       + changed(checkpoint["config"])))
+        try:  # a new run keeps the last run's checkpoint
+            os.makedirs(out_dir, exist_ok=True)
+            if not checkpoint and os.path.exists(self.path):
+                os.makedirs(os.path.join(out_dir, "previous"), exist_ok=True)
+                shutil.copy(self.path, os.path.join(out_dir, "previous"))
+                print(f"(the last run's checkpoint is copied to {out_dir}/previous/{SCRIPT}.pt)")
+        except OSError as e:
+            die(f"could not write in out_dir={out_dir!r} ({e.strerror})")
+        KEPT["step"] = checkpoint and self.step
+        self.first, self.began, self.last = self.step, time.time(), time.time()
+
+    def stepped(self, step, loss, tokens):  # every log_interval steps, and the first: a progress line
+        if (step % log_interval == 0 or step == self.first + 1) and step % eval_interval and step < max_iters:
+            self.losses.append((step, loss.item()))
+            speed = tokens * (step - self.step) / (time.time() - self.last)
+            print(f"step {step}/{max_iters} | loss {loss.item():.4f} | {speed:,.0f} tok/s", self.clock(step))
+            self.step, self.last = step, time.time()
+
+    def evaluating(self, step):
+        print(f"step {step}/{max_iters} | evaluating:", end=" ", flush=True)  # it may take a while
+
+    def evaluated(self, step, losses, more):  # the line, and (once a step is trained) a checkpoint
+        print(f"train {losses['train']:.4f} | val {losses['val']:.4f} | {more}", self.clock(step))
+        self.evals = [e for e in self.evals if e[0] < step] + [(step, losses["train"], losses["val"])]
+        self.step, self.last = step, time.time()
+        vocab, model, optimizers = self.parts
+        try:  # to a temporary file, then renamed: never half a checkpoint (step 0's: a test of out_dir)
+            torch.save({"script": SCRIPT, "config": {k: globals()[k] for k in DEFAULTS}, "vocab": vocab,
+                        "step": step, "evals": self.evals, "losses": self.losses, "model": model.state_dict(),
+                        "optimizers": [o.state_dict() for o in optimizers]}, self.path + ".tmp")
+            os.replace(self.path + ".tmp", self.path) if step else None
+            KEPT["step"] = step
+        finally:
+            if os.path.exists(self.path + ".tmp"):
+                os.remove(self.path + ".tmp")
+
+    def clock(self, step):  # the time spent, and the time left at this run's pace
+        spent, done = time.time() - self.began, step - self.first
+        return f"| {clock(spent)}" + (f" | {clock(spent / done * (max_iters - step))} left" if done else "")
+
+    def plot(self):  # a batch's loss at each progress line; the train and val loss at each evaluation
+        if fig := figure(figsize=(6, 4)):
+            ax = fig.subplots()
+            ax.plot(*zip(*self.losses), ".", color="C0", alpha=0.4, label="a batch")
+            steps, train, val = zip(*self.evals)
+            ax.plot(steps, train, "o-", color="C0", label="train")
+            ax.plot(steps, val, "o-", color="C1", label="val")
+            ax.set(xlabel="step", ylabel="loss (nats a token)")
+            ax.set_title(wrap(f"{SCRIPT}.py " + changed({k: globals()[k] for k in DEFAULTS})), fontsize=8)
+            ax.legend()
+            show(fig, "loss")
 
 def clock(seconds):
-    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
 
-def figure(**kwargs):
+def figure(**kwargs):  # not pyplot's, which a notebook's backend would draw twice
     try:
-        from matplotlib.figure import Figure  # not pyplot: a notebook's own backend is left alone
+        from matplotlib.figure import Figure
     except ImportError:
-        return print("matplotlib is not installed: no picture")
+        return print("no picture: matplotlib is not installed")
     return Figure(**kwargs)
 
-def save_figure(fig, name):
-    """To out_dir/SCRIPT_NAME.png; in a notebook, shown in the cell too."""
-    path = os.path.join(out_dir, f"{SCRIPT}_{name}.png")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-        print(f"{name} picture saved to {path}")
-    except OSError as e:
-        return print(f"could not save {path} ({e})")
-    if hasattr(getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)(), "kernel"):  # a notebook
+def show(fig, name):  # to out_dir/SCRIPT_NAME.png, and in a notebook to the cell too
+    fig.savefig(path := os.path.join(out_dir, f"{SCRIPT}_{name}.png"), dpi=120, bbox_inches="tight")
+    print(f"{name} picture saved to {path}")
+    if NOTEBOOK:
         from IPython.display import Image, display
         display(Image(filename=path))
 
-def plot_losses(run):
-    """The loss of the batches of every progress line, and the train and val loss of every evaluation."""
-    if not (fig := figure(figsize=(6, 4))):
-        return
-    ax = fig.subplots()
-    ax.plot(*zip(*run["progress"]), color="C0", alpha=0.35)
-    steps, train, val = zip(*run["history"])
-    ax.plot(steps, train, "o-C0", steps, val, "o-C1")
-    ax.set(xlabel="step", ylabel="loss (nats per token)")
-    ax.set_title(f"{SCRIPT}.py " + " ".join(f"{k}={globals()[k]!r}" for k in MODEL_KEYS), size=8, wrap=True)
-    ax.legend(["train, the batches of each line", "train", "val"])
-    save_figure(fig, "loss")
-
 if __name__ == "__main__":
-    with clear_errors():
+    try:
         main()
+    except KeyboardInterrupt:
+        die(f"interrupted; {out_dir}/{SCRIPT}.pt keeps step {KEPT['step']}: resume=true goes on from there"
+            if KEPT.get("step") else "interrupted before this run's first checkpoint", 130)
+    except ImportError as e:  # a package that is not installed
+        die(f"this needs {e.name}: pip install {dict(bs4='beautifulsoup4').get(e.name, e.name)}")
+    except OSError as e:  # a file that cannot be read or written: a full disk, say
+        die(f"could not read or write {e.filename}: {e.strerror or e}")
+    except RuntimeError as e:  # torch.OutOfMemoryError is one
+        if "out of memory" not in str(e) and "can't allocate memory" not in str(e):
+            raise
+        die(f"out of memory on {device}: make batch_size, block_size or the model smaller")

@@ -1,70 +1,60 @@
 """
-Step 4 of "Let's build GPT": the same GPT learns to sort digits.
+Step 4 of "Let's build GPT": step 3's GPT learns to sort digits.
 
-A task with one right answer shows what a Transformer can learn, and lets us check it exactly. The
-model reads digits, then the same digits sorted (3 0 4 1 0 3 | 0 0 1 3 3 4), and learns to predict
-each next token; only the sorted half is scored, since the input is random. A quarter of the
-multisets of digits (so of the answers) is held out and never trained on. After training the model
-writes the sorted half of each held-out input alone, greedily, and must get every digit right; then
-it shows where the last block's heads look while they sort.
+A task with one right answer shows what a Transformer can learn, and lets us check it exactly. The model
+reads digits, then the same digits sorted (3 0 4 1 0 3 | 0 0 1 3 3 4), and learns to predict each next
+token; only the sorted half is scored, since the input is random. A quarter of the multisets of digits
+(so of the answers) is held out, never trained on. After training the model writes the sorted half of
+each held-out input alone, greedily, and must get every digit right; then it shows where the last
+block's heads look while they sort.
 
 Run:   python sort_task.py                            6 digits from 0-4
-       python sort_task.py max_iters=0 start=210410   sort this with the trained model
-       python sort_task.py --help                     every setting and its default
+       python sort_task.py max_iters=0 start=210410   sort these with the trained model
+       python sort_task.py --help                     every setting, its value here and its meaning
 12 digits from 0-9:
  python sort_task.py length=12 num_digits=10 n_layer=3 n_embd=128 max_iters=1200 eval_interval=600 min_lr=3e-5
 
-Expect: all 2,730 held-out inputs sorted right, in 28 to 43 s on 2 cores of an Intel Xeon CPU.
+Expect: MEASURE
 """
 
-import builtins
-import difflib
 import hashlib
 import itertools
 import math
 import os
-import re
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
 # ----------------------------------------------------------------------------------- hyperparameters
+length = 6  # digits to sort
+num_digits = 5  # the digits are 0 .. num_digits-1, 2 to 10 of them
+batch_size = 128  # sequences a step
+max_iters = 1000  # steps of the optimizers
+eval_interval = 250  # steps between evaluations, and checkpoints
+learning_rate = 3e-3  # the peak, after warm-up: Muon's and AdamW's
+min_lr = 0.0  # where cosine decay ends, at max_iters; = learning_rate: constant
+warmup_iters = 50  # steps of linear warm-up; 0: none
 device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-length = 6  # digits per sequence to sort
-num_digits = 5  # the digits are 0 .. num_digits-1, at most 10
-batch_size = 128  # sequences per step
-n_layer = 2  # Transformer blocks
-n_head = 4  # attention heads per block; must divide n_embd
-n_embd = 64  # width of the residual stream
-dropout = 0.1  # on the embeddings and on what each block adds to the residual stream, 0 to <1
-max_iters = 1000  # optimizer steps
-eval_interval = 250  # steps between evaluations and checkpoints
-eval_iters = 10  # batches per loss estimate
-learning_rate = 3e-3  # peak, after warm-up (Muon and AdamW alike)
-min_lr = 0.0  # reached at the last step by cosine decay; = learning_rate: constant
-mlp = True  # each block's feed-forward layer, the "computation" after the attention's "communication"
-residual = True  # each block adds to its input (x = x + f(x)); false: replaces it (x = f(x))
-layernorm = True  # the norms before attention and MLP, and the final one
-init = "gpt2"  # gpt2: GPT-2's small weights | pytorch: PyTorch's defaults, which the lecture's rungs had
-tie = True  # the output layer reads the token embedding's matrix, as in GPT-2; false: its own (the lecture)
-optimizer = "muon"  # muon: Muon for the blocks' matrices, AdamW for the rest | adamw: AdamW for all
-beta2 = 0.99  # AdamW's decay of its mean squared gradient (PyTorch's default, the lecture's: 0.999)
-warmup_iters = 50  # steps of linear warm-up; 0 = none
+eval_iters = 10  # batches a loss estimate
+n_embd = 64  # the width of each position's vector
+n_head = 4  # heads a block, each n_embd // n_head wide
+n_layer = 2  # blocks
+dropout = 0.1  # the share zeroed while training, 0 to < 1
+optimizer = "muon"  # muon: Muon for the blocks' matrices, AdamW the rest | adamw: AdamW for all
 weight_decay = 0.1  # on matrices only
-grad_clip = 1.0  # clip the gradient norm to this; 0 = off
-log_interval = 50  # steps between progress lines
+grad_clip = 1.0  # the largest gradient norm; 0: no clipping
+tie = True  # the output layer is the token embedding's matrix; false: a matrix of its own
+init = "gpt2"  # gpt2: normal(0, 0.02), projections to the residual smaller | pytorch: PyTorch's
 seed = 1337  # same seed and device, same losses
-out_dir = "out"  # checkpoint and pictures go here
-resume = False  # go on from out_dir/sort_task.pt as if never stopped
-start = ""  # digits to sort after training, e.g. 210210; empty = a held-out example
-# the names above: each can be set as name=value
-SETTINGS = ("device length num_digits batch_size n_layer n_head n_embd dropout max_iters eval_interval "
-            "eval_iters learning_rate min_lr mlp residual layernorm init tie optimizer beta2 warmup_iters "
-            "weight_decay grad_clip log_interval seed out_dir resume start").split()
+log_interval = 50  # steps between progress lines
+out_dir = "out"  # for the checkpoint and the pictures
+resume = False  # go on from out_dir/sort_task.pt
+start = ""  # digits to sort after training, e.g. 210210; empty: a held-out input
+DEFAULTS = {k: v for k, v in globals().items() if k[0].islower() and isinstance(v, (int, float, str))}
 
 # ---------------------------------------------------------------------------------------------- data
 def held_out(digits):
@@ -85,7 +75,7 @@ def input_set(held, n_max=2000):
         inputs = [list(t) for t in itertools.product(range(num_digits), repeat=length)]
         return torch.tensor([x for x in inputs if held_out(x) == held])
     generator, found = torch.Generator().manual_seed(seed), {}  # a dict keeps the order of the draws
-    for _ in range(100):  # enough draws for any split that check_split lets through
+    for _ in range(100):  # enough draws for any split with a few multisets on each side
         drawn = torch.randint(num_digits, (n_max, length), generator=generator).tolist()
         found.update((tuple(x), None) for x in drawn if held_out(x) == held)
         if len(found) >= n_max:
@@ -95,122 +85,109 @@ def input_set(held, n_max=2000):
 def examples(inputs):
     """Inputs (B, length) -> the model's inputs x and targets y, each (B, 2*length-1).
 
-    [1, 2, 1, 0, 1] -> x = [1, 2, 1, 0, 1, 0, 1, 1, 1], y = [-1, -1, -1, -1, 0, 1, 1, 1, 2]:
-    the sequence is input + sorted(input); y is x shifted by one, and -1 (not scored) where
-    the next token is still part of the random input.
+    [1, 2, 1, 0, 1] -> x = [1, 2, 1, 0, 1, 0, 1, 1, 1], y = [-100, -100, -100, -100, 0, 1, 1, 1, 2]:
+    the sequence is input + sorted(input); y is x shifted by one, and -100 (not scored) where the next
+    token is still part of the random input.
     """
     sequence = torch.cat([inputs, inputs.sort(dim=1).values], dim=1)  # (B, 2*length)
     x, y = sequence[:, :-1], sequence[:, 1:].clone()
-    y[:, : length - 1] = -1
+    y[:, : length - 1] = -100  # cross_entropy's ignore_index
     return x, y
 
-# ----------------------------------------------------------------------------------------- tokenizer
-def make_tokenizer(vocab):
-    """Characters <-> integers: vocab is the string of all characters, sorted."""
-    stoi = {ch: i for i, ch in enumerate(vocab)}
-    encode = lambda s: [stoi[c] for c in s]  # noqa: E731  string -> list of ints
-    decode = lambda ids: "".join(vocab[i] for i in ids)  # noqa: E731  list of ints -> string
-    return encode, decode
+# a digit is its own token: encode("2104") is [2, 1, 0, 4]
+encode = lambda s: [int(c) for c in s]  # noqa: E731
+decode = lambda ids: "".join(map(str, ids))  # noqa: E731
 
 # --------------------------------------------------------------------------------------------- model
 class CausalSelfAttention(nn.Module):
-    """All heads at once: one projection makes every head's query, key and value (the lecture's Head makes
-    one head's, and MultiHeadAttention runs n_head of them one after the other)."""
+    """Step 2's MultiHeadAttention, all heads at once: one projection makes every head's query, key and
+    value, and one fused kernel attends, never forming a (T, T) wei: far less memory, and faster."""
 
     def __init__(self, n_embd, n_head, dropout):
         super().__init__()
-        self.n_head = n_head
-        self.qkv = nn.Linear(n_embd, 3 * n_embd)
-        self.proj = nn.Linear(n_embd, n_embd)
-        self.dropout = nn.Dropout(dropout)
-        self.keep_weights = False  # True: the explicit path, which keeps the attention weights in .wei
+        self.n_head, self.dropout = n_head, dropout
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd)  # the heads' queries, keys and values, side by side
+        self.c_proj = nn.Linear(n_embd, n_embd)
+        self.resid_dropout = nn.Dropout(dropout)
 
     def forward(self, x):
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
-        hs = C // self.n_head  # head size
-        q, k, v = (t.view(B, T, self.n_head, hs).transpose(1, 2) for t in (q, k, v))  # each (B, nh, T, hs)
-        if self.keep_weights:  # the lecture's formula, for every head at once
-            wei = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, T): affinities, scaled by 1/sqrt(hs)
-            tril = torch.tril(torch.ones(T, T, device=x.device))
-            self.wei = wei.masked_fill(tril == 0, float("-inf")).softmax(dim=-1)  # no token sees the future
-            y = self.wei @ v  # (B, nh, T, hs)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # the same, fused, never forms (T, T)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
-        return self.dropout(self.proj(y))
+        q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # B,h,T,hs
+        # softmax(q @ k^T / sqrt(hs), the future masked) @ v, dropout on the weights: what each Head computes
+        dropout = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # the heads side by side again, as torch.cat did
+        return self.resid_dropout(self.c_proj(y))
 
 class MLP(nn.Module):
+    """Step 2's FeedFoward."""
+
     def __init__(self, n_embd, dropout):
         super().__init__()
-        self.fc = nn.Linear(n_embd, 4 * n_embd)
-        self.proj = nn.Linear(4 * n_embd, n_embd)
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd)
+        self.c_proj = nn.Linear(4 * n_embd, n_embd)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
-        h = F.relu(self.fc(x))  # (B, T, 4C)
-        return self.dropout(self.proj(h))  # (B, T, C)
+        return self.dropout(self.c_proj(F.relu(self.c_fc(x))))
 
 class Block(nn.Module):
-    """Communication (attention) then computation (MLP), each pre-norm on a residual path (each a switch)."""
+    """Step 2's Block: communication, then computation, each on the residual path after a layer norm."""
 
-    def __init__(self, n_embd, n_head, dropout, mlp=True, residual=True, layernorm=True):
+    def __init__(self, n_embd, n_head, dropout):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(n_embd) if layernorm else nn.Identity()
+        self.ln_1 = nn.LayerNorm(n_embd)
         self.attn = CausalSelfAttention(n_embd, n_head, dropout)
-        self.ln_2 = nn.LayerNorm(n_embd) if layernorm and mlp else nn.Identity()
-        self.mlp = MLP(n_embd, dropout) if mlp else None
-        self.residual = residual  # False: each part replaces x instead of adding to it
+        self.ln_2 = nn.LayerNorm(n_embd)
+        self.mlp = MLP(n_embd, dropout)
 
     def forward(self, x):
-        x = (x if self.residual else 0) + self.attn(self.ln_1(x))
-        if self.mlp:
-            x = (x if self.residual else 0) + self.mlp(self.ln_2(x))
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
         return x
 
 class GPT(nn.Module):
-    def __init__(self, vocab_size, block_size, n_embd, n_head, n_layer, dropout, mlp=True, residual=True,
-                 layernorm=True, init="gpt2", tie=True):
+
+    def __init__(self, vocab_size, block_size, n_embd, n_head, n_layer, dropout):
         super().__init__()
         self.block_size = block_size
-        self.token_embedding = nn.Embedding(vocab_size, n_embd)
-        self.position_embedding = nn.Embedding(block_size, n_embd)
+        self.wte = nn.Embedding(vocab_size, n_embd)  # token embedding
+        self.wpe = nn.Embedding(block_size, n_embd)  # position embedding
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.Sequential(*[Block(n_embd, n_head, dropout, mlp, residual, layernorm)
-                                      for _ in range(n_layer)])
-        self.ln_f = nn.LayerNorm(n_embd) if layernorm else nn.Identity()
-        self.lm_head = nn.Linear(n_embd, vocab_size, bias=not tie)  # tie=False: a matrix, a bias of its own
-        if tie:  # as in GPT-2: one matrix reads the tokens and writes them
-            self.lm_head.weight = self.token_embedding.weight
-        for name, p in self.named_parameters() if init == "gpt2" else []:  # else PyTorch's defaults stay
-            if name.endswith("bias"):  # GPT-2's initialisation
-                nn.init.zeros_(p)
-            elif p.dim() == 2:  # residual projections shrunk, so that the residual stream keeps its scale
-                std = 0.02 / math.sqrt(2 * n_layer) if name.endswith("proj.weight") else 0.02
-                nn.init.normal_(p, 0.0, std)
+        self.blocks = nn.Sequential(*[Block(n_embd, n_head, dropout) for _ in range(n_layer)])
+        self.ln_f = nn.LayerNorm(n_embd)
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        if tie:  # one matrix reads the tokens in and writes them out, as in GPT-2: fewer to learn
+            self.lm_head.weight = self.wte.weight
+        for name, p in self.named_parameters() if init == "gpt2" else []:  # GPT-2's initialisation:
+            if p.dim() == 2:  # small weights, and those that add to the residual stream smaller still,
+                std = 0.02 / math.sqrt(2 * n_layer) if name.endswith("c_proj.weight") else 0.02
+                nn.init.normal_(p, 0.0, std)  # so that it keeps its scale however many blocks add to it
+            else:
+                nn.init.zeros_(p) if name.endswith("bias") else None
 
     def forward(self, idx, targets=None):
         B, T = idx.shape
-        pos = torch.arange(T, device=idx.device)
-        x = self.drop(self.token_embedding(idx) + self.position_embedding(pos))  # (B, T, C)
+        x = self.drop(self.wte(idx) + self.wpe(torch.arange(T, device=idx.device)))  # (B, T, C)
         logits = self.lm_head(self.ln_f(self.blocks(x)))  # (B, T, vocab_size)
         if targets is None:
             return logits, None
-        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
-        """Extend idx (B, T) by max_new_tokens tokens, each fed back in; temperature 0 is greedy."""
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=0):
+        """idx (B, T) and max_new_tokens more, each fed back in; temperature 0: the likeliest."""
         for _ in range(max_new_tokens):
-            logits, _ = self(idx[:, -self.block_size:])  # crop the context to what the model knows
-            logits = logits[:, -1, :].float()  # (B, vocab_size): the last position, in float32 always
+            logits, _ = self(idx[:, -self.block_size:])  # at most block_size tokens of context
+            logits = logits[:, -1, :].float()  # (B, vocab_size): the last position's, in float32
             if temperature == 0:
                 idx_next = logits.argmax(dim=-1, keepdim=True)
             else:
                 logits = logits / temperature
-                if top_k:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                if top_k:  # only the top_k likeliest may be drawn
+                    kth = torch.topk(logits, min(top_k, logits.size(-1)))[0][:, [-1]]
+                    logits[logits < kth] = -float("inf")
                 idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
@@ -228,9 +205,10 @@ def orthogonalize(G, steps=5):
     return X
 
 class Muon(torch.optim.Optimizer):
-    """Muon (K. Jordan, 2024): momentum, then each matrix's update orthogonalised, so that it moves every
-    direction of the matrix about as far. Scaled to AdamW's typical update (0.2 sqrt(larger side), as in
-    Moonshot's Moonlight), so that both optimizers take the same learning rate."""
+    """Muon (K. Jordan, 2024), as nanochat uses it: momentum, then each matrix's update orthogonalised, so
+    that it moves every direction of the matrix about as far. Scaled to AdamW's typical update (0.2
+    sqrt(larger side), as in Moonshot's Moonlight), so that both take the same learning rate. Written out:
+    torch.optim.Muon's Newton-Schulz runs in bf16, ten times slower on a CPU without AVX-512."""
 
     def __init__(self, params, lr, momentum=0.95, weight_decay=0.0):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
@@ -253,15 +231,14 @@ class Muon(torch.optim.Optimizer):
                     p.add_(u, alpha=-group["lr"] * 0.2 * max(shape) ** 0.5)
 
 def make_optimizers(model):
-    """optimizer=muon: Muon for the matrices inside the blocks, AdamW for the rest (README.md says why);
-    optimizer=adamw: AdamW for every parameter, as the lecture. Weight decay on matrices only."""
-    in_blocks = [p for name, p in model.named_parameters() if name.startswith("blocks.") and p.dim() == 2]
-    muon = in_blocks if optimizer == "muon" else []
+    """optimizer=muon: Muon for the matrices inside the blocks, AdamW for the rest (embeddings, biases,
+    norms); optimizer=adamw: AdamW for all. Weight decay on matrices only, as in GPT-2."""
+    muon = [p for name, p in model.named_parameters() if name.startswith("blocks.") and p.dim() == 2]
+    muon = muon if optimizer == "muon" else []
     matrices = [p for p in model.parameters() if p.dim() == 2 and all(p is not m for m in muon)]
-    others = [p for p in model.parameters() if p.dim() < 2]  # biases and norms
+    others = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": matrices, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}]
-    fused = not device.startswith("mps")  # one kernel for the whole update, on CUDA and the CPU
-    adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, beta2), fused=fused)
+    adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.99), fused=device != "mps")
     return [Muon(muon, lr=learning_rate, weight_decay=weight_decay), adamw] if muon else [adamw]
 
 # ------------------------------------------------------------------------------------------ training
@@ -274,17 +251,17 @@ def get_batch(split, generator=None):
     return x.to(device), y.to(device)
 
 @torch.no_grad()
-def estimate_loss(model, data, ctx):
-    """Mean loss of eval_iters batches of each side of the split; the same batches at every call."""
+def estimate_loss(model, ctx):
+    """The mean loss of eval_iters batches of each side of the split: the same batches at every call."""
+    out = {}
     model.eval()
-    losses = {}
     for split in ("train", "val"):
         generator = torch.Generator().manual_seed(seed)
         with ctx:
-            total = sum(model(*get_batch(data[split], generator))[1].float() for _ in range(eval_iters))
-        losses[split] = total.item() / eval_iters
+            losses = [model(*get_batch(split, generator))[1].item() for _ in range(eval_iters)]
+            out[split] = sum(losses) / eval_iters
     model.train()
-    return losses
+    return out
 
 @torch.no_grad()
 def sort_accuracy(model, inputs):
@@ -293,13 +270,8 @@ def sort_accuracy(model, inputs):
     out = model.generate(inputs.to(device), length, temperature=0)[:, length:].cpu()
     right = (out == inputs.sort(dim=1).values).all(dim=1)
     mistakes = [(x, y) for x, y, ok in zip(inputs.tolist(), out.tolist(), right.tolist()) if not ok]
+    model.train()
     return right.float().mean().item(), mistakes
-
-def evaluate(model, data, ctx):
-    """The losses, the share of held-out inputs sorted right, and their log line."""
-    accuracy, _ = sort_accuracy(model, data["held-out"])
-    losses = estimate_loss(model, data, ctx)  # which puts the model back in training mode
-    return losses, f"train {losses['train']:.4f} | val {losses['val']:.4f} | held-out sorted {accuracy:.2%}"
 
 def get_lr(step):
     """Linear warm-up to learning_rate, then cosine decay to min_lr at max_iters."""
@@ -308,70 +280,65 @@ def get_lr(step):
     progress = min(1.0, (step - warmup_iters) / max(1, max_iters - warmup_iters))
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
 
-def optimize(model, optimizers, scaler, loss, lr):
-    """Backward, then a step of every optimizer at learning rate lr; after an fp16 overflow, of none."""
-    scaler.scale(loss).backward()  # fp16 only: the loss scaled up, so that small gradients stay above zero
-    for optimizer in optimizers:
-        scaler.unscale_(optimizer)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-    norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
-    if not scaler.is_enabled() or norm.isfinite():  # an inf or nan anywhere: no optimizer moves
-        for optimizer in optimizers:
-            scaler.step(optimizer)
-    scaler.update()  # after an overflow, a smaller scale
-    for optimizer in optimizers:
-        optimizer.zero_grad(set_to_none=True)
+def autocast():
+    """On a CUDA GPU the forward pass in 16 bits: bf16 where the GPU has it (compute capability 8.0 on),
+    else fp16, with a scaler that keeps small gradients from rounding to 0 (a T4). Float32 elsewhere."""
+    dtype = None
+    if device.startswith("cuda"):
+        dtype = torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+    ctx = torch.autocast("cuda", dtype=dtype) if dtype else nullcontext()
+    return ctx, torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
-def train(model, optimizers, scaler, ctx, data, run):
-    """Steps run["step"] to max_iters: progress every log_interval steps; the losses and a checkpoint every
-    eval_interval steps and at the end. run is what the checkpoint keeps besides the model and optimizers."""
-    first, started, last = run["step"], time.time(), time.time()
-    tokens, recent = 0, []
-    for step in range(first, max_iters + 1):  # a resumed run has evaluated its first step already
-        evaluating = (step % eval_interval == 0 or step == max_iters) and (step > first or not run["history"])
-        if evaluating or (step % log_interval == 0 and step > first):
-            now, line = time.time(), f"step {step}/{max_iters}"
-            if recent:  # the mean loss of the batches since the last line, for the loss picture too
-                run["progress"].append((step, torch.stack(recent).mean().item()))
-            if evaluating:
-                losses, report = evaluate(model, data, ctx)
-                line += f" | {report}"
-            else:
-                line += f" | loss {run['progress'][-1][1]:.4f}"
-            if step > first:
-                left = (now - started) / (step - first) * (max_iters - step)
-                speed = tokens / max(now - last, 1e-6)
-                line += f" | {speed:,.0f} tok/s | {clock(now - started)} | {clock(left)} left"
-            print(line, flush=True)
-            if evaluating:
-                run["history"].append((step, losses["train"], losses["val"]))
-                save_checkpoint(model, optimizers, scaler, run, step, losses["val"])  # replaces any older one
-            tokens, recent, last = 0, [], time.time()
-        if step == max_iters:
+def train(model, optimizers, held, run):
+    """Step 3's loop; an evaluation also sorts the held-out inputs."""
+    ctx, scaler = autocast()
+    for iter in range(run.step, max_iters + 1):
+        if iter % eval_interval == 0 or iter == max_iters:
+            run.evaluating(iter)
+            accuracy, _ = sort_accuracy(model, held)
+            run.evaluated(iter, estimate_loss(model, ctx), f"held-out sorted {accuracy:.2%}")
+        if iter == max_iters:
             break
-        x, y = get_batch(data["train"])
+        torch.manual_seed(seed + 1_000_003 * iter)  # the step's batch and dropout, from seed and step alone
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = get_lr(iter)
+        xb, yb = get_batch("train")
         with ctx:
-            _, loss = model(x, y)
-        optimize(model, optimizers, scaler, loss, get_lr(step))
-        tokens, recent = tokens + x.numel(), recent + [loss.detach()]
+            logits, loss = model(xb, yb)
+        scaler.scale(loss).backward()  # in fp16, scaled up first
+        for optimizer in optimizers:
+            scaler.unscale_(optimizer)
+        if nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf).isfinite():  # clipped
+            for optimizer in optimizers:  # an inf or nan in fp16: no optimizer steps, and the scale drops
+                scaler.step(optimizer)
+        scaler.update()
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        run.stepped(iter + 1, loss, xb.numel())
 
 # ------------------------------------------------------------------------------------------ sampling
 @torch.no_grad()
 def last_block_attention(model, idx):
-    """What each head of the last block attends to while reading idx (1, T): (n_head, T, T), rows sum to 1."""
+    """What each head of the last block attends to while reading idx (1, T): softmax(q k^T / sqrt(hs)),
+    the future masked, of the queries and keys it makes of its input. (n_head, T, T), rows sum to 1."""
     model.eval()
-    attn = model.blocks[-1].attn
-    attn.keep_weights = True  # the explicit path, which keeps the weights
+    attn, seen = model.blocks[-1].attn, []
+    hook = attn.register_forward_hook(lambda module, args, out: seen.append(args[0]))
     model(idx)
-    attn.keep_weights = False
-    return attn.wei[0].float().cpu()
+    hook.remove()
+    B, T, C = seen[0].shape
+    q, k, _ = attn.c_attn(seen[0]).split(C, dim=2)
+    q, k = (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in (q, k))  # (B, nh, T, hs)
+    wei = q @ k.transpose(-2, -1) / math.sqrt(C // attn.n_head)
+    future = torch.ones(T, T, dtype=torch.bool, device=idx.device).triu(1)
+    return wei.masked_fill(future, float("-inf")).softmax(dim=-1)[0].cpu()
 
 def print_attention(weights, labels, row):
     """The attention as text, a shade per weight: ' ' is 0 (the future), '.' up to 1/9, ... '@' up to 1."""
     shades = " .:-=+*#%@"
-    print(f"the last block's attention while sorting {''.join(labels[:length])}: row t attends to 0..t, each "
-          f"weight a shade of {shades!r} from 0 to 1; -> marks the row that writes the middle digit")
+    print(f"the last block's attention while sorting {labels[:length]}: row t attends to 0..t, each weight "
+          f"a shade of {shades!r} from 0 to 1; -> marks the row that writes the middle digit")
     for h in range(len(weights)):
         print(f"head {h}   " + " ".join(labels))
         for t, label in enumerate(labels):
@@ -380,299 +347,254 @@ def print_attention(weights, labels, row):
 
 # ---------------------------------------------------------------------------------------------- main
 def main():
-    given = configure(sys.argv)
-    checkpoint = load_checkpoint(given) if resume or max_iters == 0 else None  # it sets the model's sizes
-    ctx, scaler = set_up_device()
-    vocab = "0123456789"[:num_digits]
-    encode, decode = make_tokenizer(vocab)
-    check_split()
-    data = {"train": "train", "val": "val",  # get_batch's splits, and the inputs the model is judged on
-            "held-out": input_set(held=True), "train inputs": input_set(held=False)}
-    model = GPT(len(vocab), 2 * length - 1, n_embd, n_head, n_layer, dropout, mlp, residual, layernorm, init,
-                tie)
-    optimizers = make_optimizers(model.to(device))
-    multisets = len({tuple(sorted(x)) for x in data["held-out"].tolist()})
-    print(f"{SCRIPT}: device {device} | {sum(p.numel() for p in model.parameters()):,} parameters | "
-          f"sorting {length} digits from 0-{num_digits - 1}: {num_digits ** length:,} inputs, "
+    checkpoint = configure()  # after main(), as is all it calls but the lesson above
+    torch.manual_seed(seed)
+    held, seen = input_set(held=True), input_set(held=False)
+    model = GPT(num_digits, 2 * length - 1, n_embd, n_head, n_layer, dropout).to(device)
+    multisets = len({tuple(sorted(x)) for x in held.tolist()})
+    print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters | device {device} | sorting "
+          f"{length} digits from 0-{num_digits - 1}: {num_digits ** length:,} inputs, "
           f"{math.comb(length + num_digits - 1, length):,} multisets")
-    print(f"judged on {len(data['held-out']):,} held-out inputs of {multisets:,} multisets, never trained on")
-    run = restore(checkpoint, model, optimizers, scaler, vocab)
-    if max_iters > run["step"]:
-        train(model, optimizers, scaler, ctx, data, run)
-        plot_losses(run)
-    for name in ("held-out", "train inputs"):  # greedy generation, exact match of the whole sorted half
-        accuracy, mistakes = sort_accuracy(model, data[name])
-        print(f"{name}: {accuracy:.2%} of {len(data[name]):,} inputs sorted exactly right")
+    print(f"judged on {len(held):,} held-out inputs of {multisets:,} multisets, never trained on")
+    optimizers = make_optimizers(model)
+    run = Run(checkpoint, num_digits, model, *optimizers)
+    if run.step < max_iters:
+        train(model, optimizers, held, run)
+        run.plot()
+    for name, inputs in (("held-out", held), ("train inputs", seen)):  # greedy, the whole sorted half right
+        accuracy, mistakes = sort_accuracy(model, inputs)
+        print(f"{name}: {accuracy:.2%} of {len(inputs):,} inputs sorted exactly right")
         for digits, out in mistakes[:5]:
             print(f"  mistake: {decode(digits)} -> {decode(out)} (right: {decode(sorted(digits))})")
-    held = data["held-out"].tolist()  # by default a held-out input with as many distinct digits as any
-    digits = encode(start) if start else max(held, key=lambda x: (len(set(x)), x != sorted(x)))
+    digits = encode(start) if start else max(held.tolist(), key=lambda x: (len(set(x)), x != sorted(x)))
     x = model.generate(torch.tensor([digits], device=device), length, temperature=0)  # (1, 2*length)
     print(f"--- sample: the model sorts {decode(digits)} into {decode(x[0, length:].tolist())} ---")
     weights, labels = last_block_attention(model, x[:, :-1]), decode(x[0, :-1].tolist())
     print_attention(weights, labels, row=length + length // 2 - 1)  # this position writes the middle digit
-    draw_attention(weights, labels, divider=length)
+    draw_attention(weights, labels)
 
 # ===================================================================================================
-# Plumbing, the same in every script: settings, errors, device, data files, checkpoints, pictures.
+# Plumbing, the same in every script: settings, errors, data files, checkpoints, progress, pictures.
 # ===================================================================================================
+import difflib, re, shutil, textwrap  # noqa: E401,E402  the plumbing's own
+
 SCRIPT = "sort_task"
-MODEL_KEYS = ("length", "num_digits", "n_embd", "n_head", "n_layer", "mlp", "residual", "layernorm", "tie",
-              "optimizer")  # what a checkpoint's model and optimizers are
-KEEP = ("device", "out_dir", "resume", "start")  # never from it
+NOTEBOOK = "__file__" not in globals()  # pasted into a cell: no file, and sys.argv is the kernel's
+OWN = ("device", "out_dir", "resume")  # this run's own: never read from a checkpoint
+KEPT = {}  # the step of this run that out_dir/SCRIPT.pt holds: what Ctrl-C says
 
-def setting_problems():
-    return [message for ok, message in [
-        (device in devices(), f"device={device!r} is not one of this machine's: {', '.join(devices())}"),
-        (length > 0 and 2 <= num_digits <= 10, "length must be > 0 and num_digits from 2 to 10"),
-        (min(batch_size, n_layer, n_head, n_embd, eval_interval, eval_iters, log_interval) > 0,
-         "batch_size, n_layer, n_head, n_embd, eval_iters and the intervals must be > 0"),
-        (n_embd % n_head == 0, f"n_embd={n_embd} is not divisible by n_head={n_head}"),
-        (0 <= dropout < 1, f"dropout={dropout} is not in [0, 1)"),
-        (0 <= min_lr <= learning_rate and learning_rate > 0, "learning_rate must be > 0, min_lr in [0, it]"),
-        (min(max_iters, warmup_iters, grad_clip) >= 0, "max_iters, warmup_iters and grad_clip must be >= 0"),
-        (optimizer in ("muon", "adamw") and init in ("gpt2", "pytorch") and 0 <= beta2 < 1,
-         f"optimizer={optimizer!r} init={init!r} beta2={beta2}: muon or adamw, gpt2 or pytorch, in [0, 1)"),
-        (0 <= seed < 2**63, f"seed={seed} is not in [0, 2**63)"),
-        (start == "" or len(start) == length and set(start) <= set("0123456789"[:num_digits]),
-         f"start={start!r} is not {length} digits from 0 to {num_digits - 1}"),
-    ] if not ok]
-
-def devices():
-    gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    apple = ["mps"] if torch.backends.mps.is_available() else []
-    return ["cpu", *(["cuda", *gpus] if gpus else []), *apple]
-
-def check_split():
+def problems():  # what this script's settings cannot be
     multisets = itertools.combinations_with_replacement(range(num_digits), length)
-    held = [held_out(m) for m in itertools.islice(multisets, 10_000)]  # the first ones tell
-    if min(sum(held), len(held) - sum(held)) < 2:
-        die(f"length={length} num_digits={num_digits} has too few multisets to hold a quarter out; "
-            f"make them larger")
+    held = [held_out(m) for m in itertools.islice(multisets, 9999)]  # the first ones tell
+    return [said for bad, said in [
+        (length < 1 or not 2 <= num_digits <= 10, "length must be 1 or more, num_digits from 2 to 10"),
+        (min(sum(held), len(held) - sum(held)) < 2,
+         f"length={length} num_digits={num_digits}: too few multisets to hold a quarter out"),
+        (min(batch_size, n_embd, n_head, eval_interval, eval_iters, log_interval) < 1,
+         "batch_size, n_embd, n_head, eval_interval, eval_iters, log_interval: 1 or more"),
+        (n_embd % max(1, n_head), f"n_embd={n_embd} is not divisible by n_head={n_head}"),
+        (dropout >= 1, f"dropout={dropout} is not below 1"),
+        (optimizer not in ("muon", "adamw") or init not in ("gpt2", "pytorch"),
+         "optimizer= is muon or adamw, init= gpt2 or pytorch"),
+        (min_lr > learning_rate, f"min_lr={min_lr} is above learning_rate={learning_rate}"),
+        (start and (len(start) != length or not set(start) <= set("0123456789"[:num_digits])),
+         f"start={start!r} is not {length} digits from 0 to {num_digits - 1}"),
+    ] if bad]
 
-class Stopped(Exception):  # a mistake, in a notebook: IPython shows _render_traceback_, not a traceback
-    _render_traceback_ = lambda self: [str(self)]  # noqa: E731
-
-def die(message, status=1):
-    """Stop with one sentence: on stderr with a non-zero exit status, or in a notebook as the cell's error."""
-    if getattr(builtins, "__IPYTHON__", False):
-        raise Stopped(f"{SCRIPT}: {message}")
-    print(f"{SCRIPT}: {message}", file=sys.stderr)
+def die(said, status=1):  # one sentence and a non-zero exit status; in a notebook, the cell's error
+    if NOTEBOOK:
+        raise Stopped(f"{SCRIPT}: {said}") from None
+    print(f"{SCRIPT}: {said}", file=sys.stderr)
     sys.exit(status)
 
-@contextmanager
-def clear_errors():
-    """Ctrl-C, or too little memory: one sentence; the last checkpoint is kept."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        where = "" if out_dir == "out" else f" out_dir={out_dir}"
-        die(f"interrupted; {checkpoint_path()} holds the last evaluation: resume=true{where} goes on from it"
-            if os.path.isfile(checkpoint_path()) else "interrupted; no checkpoint was written", 130)
-    except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
-        if "out of memory" not in str(e) and "can't allocate memory" not in str(e):
-            raise
-        die(f"out of memory on {device}: make batch_size, block_size or the model smaller")
+class Stopped(Exception):
+    _render_traceback_ = lambda self: [str(self)]  # noqa: E731  what IPython shows, not a traceback
 
-def configure(argv):
-    """Set the hyperparameters from name=value arguments; return the names set. device= picks the sizes()
-    and lecture= a preset of LECTURE, where a script has them; the others win. A notebook sets all."""
-    notebook = "kernel_launcher" in os.path.basename(argv[0] if argv else "") or "__file__" not in globals()
-    args, given = ([], set(SETTINGS)) if notebook else (argv[1:], set())
-    values, valid = {}, "valid settings: " + " ".join(f"{k}={globals()[k]!r}" for k in SETTINGS)
-    for arg in (a for a in args if a not in ("-h", "--help")):
-        name, eq, text = arg.lstrip("-").partition("=")
-        if not eq or name not in SETTINGS:
-            close = difflib.get_close_matches(name, SETTINGS, 1)
-            die(f"unknown setting {arg!r}{f' (did you mean {close[0]}=...?)' if close else ''}; {valid}", 2)
-        kind, words = type(globals()[name]), ("false", "0", "true", "1")  # a bool's, in any case
-        try:
-            values[name] = words.index(text.lower()) > 1 if kind is bool else kind(text)
-        except ValueError:
-            die(f"{name}={text!r} is not a valid {kind.__name__}{f' {words}' * (kind is bool)}; {valid}", 2)
-        if kind is float and not math.isfinite(values[name]):
-            die(f"{name}={text!r} is not a finite number", 2)
-    if "device" in values and "sizes" in globals():
-        sizes(values["device"])
-    globals().update(values)  # first: a checkpoint's settings (resume, max_iters=0) replace a preset's
-    rungs = {} if (resume or max_iters == 0) and not notebook else globals().get("LECTURE", {})
-    rung = rungs.get(name := globals().get("lecture"), {})  # in a notebook, over the lines above
-    globals().update({**rung, **values})
-    if (own := globals().get("dataset", "")) not in globals().get("TEXTS", {}) and os.path.isfile(own):
-        globals()["dataset"] = os.path.abspath(own)  # a text of one's own: a checkpoint finds it anywhere
-    given |= set(rung) | set(values)
-    if {"-h", "--help"} & set(args):  # the docstring, then the settings as they would be used, explained
-        with open(__file__, encoding="utf-8") as f:
-            notes = dict(reversed(re.findall(r"^ *(\w+) = .*?  # (.*)$", f.read(), re.M)))  # a name's first
-        print(__doc__.strip(), "\nSettings (name=value), as they would be used here:",
-              *(f"  {f'{k}={globals()[k]!r}':<26} {notes.get(k, '')}" for k in SETTINGS),
-              *(f"lecture={n} sets {' '.join(f'{k}={v}' for k, v in preset.items())}"
-                for n, preset in globals().get("LECTURE", {}).items()), sep="\n")
+def configure(**presets):
+    """The settings, each layer over the one before: the lines above; for a new run the presets (the
+    sizes of presets["device"][device], a LECTURE rung), or to resume or sample from the command line
+    the checkpoint's settings; the values given as name=value. Returns the checkpoint, or None."""
+    args = [] if NOTEBOOK else sys.argv[1:]
+    given = dict(parse(arg) for arg in args if arg not in ("-h", "--help"))
+    globals().update(given)  # first: they choose the presets, and whether to read a checkpoint
+    checkpoint = load_checkpoint() if resume or max_iters == 0 else None
+    saved = checkpoint["config"] if checkpoint and not NOTEBOOK else {}  # a notebook's cell says it all
+    told = []  # what the presets set: in a notebook, over the lines above
+    for name, table in {} if saved else presets.items():
+        if preset := table.get(globals()[name]):
+            globals().update(preset)
+            told.append(wrap(f"{name}={globals()[name]} sets {listed(preset)}"))
+    globals().update({k: v for k, v in saved.items() if k not in OWN}, **given)
+    if "-h" in args or "--help" in args:  # the docstring, then the settings as they would be
+        notes = dict(reversed(re.findall(r"^(\w+) = .*?  # (.*)$", open(__file__).read(), re.M)))
+        print(__doc__.strip(), "\nSettings (name=value), as they would be here:",
+              *(wrap(f"  {f'{k}={globals()[k]!r}':<24} {notes.get(k, '')}") for k in DEFAULTS),
+              *(wrap(f"{name}={value} sets {listed(preset)}") for name, table in presets.items()
+                for value, preset in table.items()), sep="\n")
         sys.exit(0)
-    if rung:  # said: in a notebook it replaces the lines above
-        print(f"lecture={name} sets", *(f"{k}={v}" for k, v in rung.items() if k not in values))
-    for problem in [] if resume or max_iters == 0 else setting_problems()[:1]:  # else in load_checkpoint
-        die(problem, 2)
-    parent = os.path.abspath(out_dir)  # out_dir, or the folder that will hold it: a folder one can write in
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    writable = os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)
-    if not writable or os.path.isdir(checkpoint_path()) or os.path.isfile(os.path.join(out_dir, "previous")):
-        die(f"out_dir={out_dir!r} is not a folder this script can write {SCRIPT}.pt and previous/ in", 2)
-    return given
-
-def set_up_device():
-    """Seed; on CUDA: TF32, and bf16 autocast where the GPU has bf16 in hardware (8.0+), else fp16 (a T4)."""
-    torch.manual_seed(seed)
-    kind, dtype = device.split(":")[0], torch.float32
-    if kind == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        dtype = torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
-    ctx = nullcontext() if dtype == torch.float32 else torch.autocast(kind, dtype=dtype)
-    return ctx, torch.amp.GradScaler(kind, enabled=dtype == torch.float16)
-
-def checkpoint_path():
-    return os.path.join(out_dir, f"{SCRIPT}.pt")
-
-def unusable(why):
-    die(f"{checkpoint_path()} is not a checkpoint {SCRIPT}.py can use ({why}): train anew, or change out_dir")
-
-def load_checkpoint(given):
-    """The checkpoint for resume=true or max_iters=0: its settings replace those not given, but KEEP's."""
-    path = checkpoint_path()
-    if not os.path.exists(path):
-        die(f"{'resume=true' if resume else 'max_iters=0'} needs a checkpoint, and there is none at {path}; "
-            f"train first, or set out_dir= the folder that holds one")
+    said = problems() + [f"{k}={v} is below 0" for k, v in globals().items() if k in DEFAULTS and
+                         not isinstance(v, str) and v < 0]
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        if checkpoint["script"] != SCRIPT:
-            raise ValueError(f"it was written by {checkpoint['script']}.py")
-        config = {k: checkpoint["config"][k] for k in SETTINGS}
-    except Exception as e:  # truncated, foreign, or of another version of this script
-        unusable(e if isinstance(e, ValueError) else type(e).__name__)
-    clash = [f"{k}={config[k]!r}" for k in MODEL_KEYS if k in given and config[k] != globals()[k]
-             and not (k == "dataset" and os.path.isfile(dataset))]  # one's own text: its vocabulary tells
-    if clash:
-        die(f"{path} was trained with {' '.join(clash)}: leave those settings out (or set them so), "
-            f"or set out_dir= another folder")
-    globals().update({k: v for k, v in config.items() if k not in given and k not in KEEP})
-    for problem in setting_problems()[:1]:  # the checkpoint's settings and the ones given, together
-        die(problem, 2)
+        torch.empty(0, device=device)
+    except Exception:  # not a device's name, or not one of this machine's
+        said.append(f"device={device!r} is not a device of this machine")
+    if said:
+        die(said[0], 2)
+    print(*told, sep="\n") if told else None
+    torch.backends.cuda.matmul.allow_tf32 = True  # on a CUDA GPU: TF32 matrix products, much faster
     return checkpoint
 
-def restore(checkpoint, model, optimizers, scaler, vocab):
-    """The run so far: a new one, or the checkpoint's (model; to resume, optimizers, scaler, random state)."""
-    path, kept = checkpoint_path(), os.path.join(out_dir, "previous")
-    if checkpoint is None:  # a new run: the checkpoint of the run before, unless it trained nothing, is kept
-        try:
-            step = os.path.isfile(path) and torch.load(path, map_location="cpu", weights_only=True)["step"]
-        except Exception:  # not a checkpoint this script can read: kept all the same
-            step = "?"
-        if step:  # 0, or False: no file
-            os.renames(path, os.path.join(kept, f"{SCRIPT}.pt"))  # making the folder first
-            print(f"the previous run's checkpoint (step {step}) is now {kept}/{SCRIPT}.pt: resume=true "
-                  f"out_dir={kept} goes on from it (one run back is kept, no more)")
-        return {"vocab": vocab, "step": 0, "history": [], "progress": [], "best_val_loss": math.inf}
+def parse(arg):  # 'name=value' -> (name, value of the default's type; a bool: true, false, 1 or 0)
+    name, equals, text = arg.lstrip("-").partition("=")
+    if name not in DEFAULTS or not equals:
+        close = difflib.get_close_matches(name, DEFAULTS, 1)
+        die(f"unknown setting {arg!r}{f' (did you mean {close[0]}=...?)' if close else ''}: see --help", 2)
+    kind = type(DEFAULTS[name])
     try:
-        if checkpoint["vocab"] != vocab:
-            raise ValueError("its text had another vocabulary")
-        model.load_state_dict(checkpoint["model"])
-        if resume:
-            for optimizer, state in zip(optimizers, checkpoint["optimizer"], strict=True):
-                state["param_groups"] = [{**old, **{k: v for k, v in new.items() if k != "params"}}
-                                         for old, new in zip(state["param_groups"], optimizer.param_groups)]
-                optimizer.load_state_dict(state)  # with this run's settings, not the saved ones
-            if checkpoint["scaler"]:  # empty unless it was trained in fp16
-                scaler.load_state_dict(checkpoint["scaler"])
-            torch.set_rng_state(checkpoint["rng"]["cpu"])
-            if (kind := device.split(":")[0]) in checkpoint["rng"] and kind != "cpu":  # dropout on a GPU
-                getattr(torch, kind).set_rng_state(checkpoint["rng"][kind], device)
-        run = {k: checkpoint[k] for k in "vocab step history progress val_loss best_val_loss".split()}
-    except (KeyError, RuntimeError, ValueError, TypeError) as e:
-        unusable(e if isinstance(e, ValueError) else type(e).__name__)
-    print(f"loaded {path}: step {run['step']}, val {run['val_loss']:.4f}")
-    if resume and run["step"] >= max_iters:
-        print(f"max_iters={max_iters} is reached already: nothing to train; set max_iters= higher to go on")
-    return run
+        value = kind(text) if kind is not bool else {"true": True, "1": True, "false": False, "0": False}[
+            text.lower()]
+        if kind is float and not math.isfinite(value):
+            raise ValueError
+    except (KeyError, ValueError):
+        what = {bool: "true, false, 1 or 0", int: "a whole number"}.get(kind, "a finite number")
+        die(f"{name}={text!r} is not {what}", 2)
+    return name, value
 
-def save_checkpoint(model, optimizers, scaler, run, step, val_loss):
-    """All an exact resume needs, to a temporary file then renamed: never half a checkpoint."""
-    path = checkpoint_path()
-    kept = f"{path} keeps the last evaluation" if os.path.isfile(path) else "no checkpoint was written"
-    if not math.isfinite(val_loss):
-        die(f"the val loss is {val_loss} at step {step}: lower learning_rate ({kept})")
-    run.update(step=step, val_loss=val_loss, best_val_loss=min(run["best_val_loss"], val_loss))
-    rng = {"cpu": torch.get_rng_state()}  # the batches, and dropout on the CPU
-    if (kind := device.split(":")[0]) != "cpu":  # dropout on a GPU
-        rng[kind] = getattr(torch, kind).get_rng_state(device)
+def wrap(line):  # folded at 110 characters
+    return textwrap.fill(line, 110, subsequent_indent="    ")
+
+def listed(settings):  # as name=value
+    return " ".join(f"{k}={v!r}" for k, v in settings.items())
+
+def changed(settings):  # those that differ from the lines above
+    return listed({k: v for k, v in settings.items() if v != DEFAULTS[k] and k not in OWN})
+
+def load_checkpoint():
+    path = os.path.join(out_dir, f"{SCRIPT}.pt")
+    if not os.path.exists(path):
+        die(f"{'resume=true' if resume else 'max_iters=0'} needs a checkpoint, and there is none at {path}")
     try:
-        os.makedirs(out_dir, exist_ok=True)
-        torch.save({**run, "script": SCRIPT, "config": {k: globals()[k] for k in SETTINGS}, "rng": rng,
-                    "model": model.state_dict(), "optimizer": [o.state_dict() for o in optimizers],
-                    "scaler": scaler.state_dict()}, path + ".tmp")
-        os.replace(path + ".tmp", path)
-    except (OSError, RuntimeError) as e:  # a full disk, say
-        die(f"could not write {path} ({e}); {kept}")
-    finally:  # failed or interrupted: no half-written file left
-        if os.path.isfile(path + ".tmp"):
-            os.remove(path + ".tmp")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if checkpoint["script"] != SCRIPT or set(checkpoint["config"]) != set(DEFAULTS):
+            raise ValueError(f"{checkpoint['script']}.py wrote it")
+    except Exception as e:  # truncated, foreign, another script's or another version's
+        why = e if isinstance(e, ValueError) else type(e).__name__
+        die(f"{path} is not a checkpoint {SCRIPT}.py can use ({why}): train anew, or set out_dir=")
+    return checkpoint
+
+class Run:
+    """The run so far (its step, its losses), its progress lines, and its checkpoint out_dir/SCRIPT.pt."""
+
+    def __init__(self, checkpoint, vocab, model, *optimizers):
+        self.path, self.parts = os.path.join(out_dir, f"{SCRIPT}.pt"), (vocab, model, optimizers)
+        self.step, self.evals, self.losses = 0, [], []  # (step, train, val), (step, a batch's loss)
+        if checkpoint:
+            try:
+                if checkpoint["vocab"] != vocab:
+                    raise ValueError("its text had another vocabulary")
+                model.load_state_dict(checkpoint["model"])
+                for optimizer, state in zip(optimizers, checkpoint["optimizers"]) if resume else []:
+                    now = optimizer.state_dict()["param_groups"]  # this run's learning rate, weight decay...
+                    optimizer.load_state_dict({**state, "param_groups": now})
+            except (RuntimeError, ValueError, KeyError) as e:  # sizes, or a text, that do not fit
+                die(f"{self.path} does not fit these settings ({str(e).splitlines()[0]}): it had "
+                    + listed({k: v for k, v in checkpoint["config"].items() if v != globals()[k]}))
+            self.step, self.evals, self.losses = checkpoint["step"], checkpoint["evals"], checkpoint["losses"]
+            print(wrap(f"loaded {self.path}: step {self.step}, val {self.evals[-1][2]:.4f}, trained with "
+                       + changed(checkpoint["config"])))
+        try:  # a new run keeps the last run's checkpoint
+            os.makedirs(out_dir, exist_ok=True)
+            if not checkpoint and os.path.exists(self.path):
+                os.makedirs(os.path.join(out_dir, "previous"), exist_ok=True)
+                shutil.copy(self.path, os.path.join(out_dir, "previous"))
+                print(f"(the last run's checkpoint is copied to {out_dir}/previous/{SCRIPT}.pt)")
+        except OSError as e:
+            die(f"could not write in out_dir={out_dir!r} ({e.strerror})")
+        KEPT["step"] = checkpoint and self.step
+        self.first, self.began, self.last = self.step, time.time(), time.time()
+
+    def stepped(self, step, loss, tokens):  # every log_interval steps, and the first: a progress line
+        if (step % log_interval == 0 or step == self.first + 1) and step % eval_interval and step < max_iters:
+            self.losses.append((step, loss.item()))
+            speed = tokens * (step - self.step) / (time.time() - self.last)
+            print(f"step {step}/{max_iters} | loss {loss.item():.4f} | {speed:,.0f} tok/s", self.clock(step))
+            self.step, self.last = step, time.time()
+
+    def evaluating(self, step):
+        print(f"step {step}/{max_iters} | evaluating:", end=" ", flush=True)  # it may take a while
+
+    def evaluated(self, step, losses, more):  # the line, and (once a step is trained) a checkpoint
+        print(f"train {losses['train']:.4f} | val {losses['val']:.4f} | {more}", self.clock(step))
+        self.evals = [e for e in self.evals if e[0] < step] + [(step, losses["train"], losses["val"])]
+        self.step, self.last = step, time.time()
+        vocab, model, optimizers = self.parts
+        try:  # to a temporary file, then renamed: never half a checkpoint (step 0's: a test of out_dir)
+            torch.save({"script": SCRIPT, "config": {k: globals()[k] for k in DEFAULTS}, "vocab": vocab,
+                        "step": step, "evals": self.evals, "losses": self.losses, "model": model.state_dict(),
+                        "optimizers": [o.state_dict() for o in optimizers]}, self.path + ".tmp")
+            os.replace(self.path + ".tmp", self.path) if step else None
+            KEPT["step"] = step
+        finally:
+            if os.path.exists(self.path + ".tmp"):
+                os.remove(self.path + ".tmp")
+
+    def clock(self, step):  # the time spent, and the time left at this run's pace
+        spent, done = time.time() - self.began, step - self.first
+        return f"| {clock(spent)}" + (f" | {clock(spent / done * (max_iters - step))} left" if done else "")
+
+    def plot(self):  # a batch's loss at each progress line; the train and val loss at each evaluation
+        if fig := figure(figsize=(6, 4)):
+            ax = fig.subplots()
+            ax.plot(*zip(*self.losses), ".", color="C0", alpha=0.4, label="a batch")
+            steps, train, val = zip(*self.evals)
+            ax.plot(steps, train, "o-", color="C0", label="train")
+            ax.plot(steps, val, "o-", color="C1", label="val")
+            ax.set(xlabel="step", ylabel="loss (nats a token)")
+            ax.set_title(wrap(f"{SCRIPT}.py " + changed({k: globals()[k] for k in DEFAULTS})), fontsize=8)
+            ax.legend()
+            show(fig, "loss")
 
 def clock(seconds):
-    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
 
-def figure(**kwargs):
+def figure(**kwargs):  # not pyplot's, which a notebook's backend would draw twice
     try:
-        from matplotlib.figure import Figure  # not pyplot: a notebook's own backend is left alone
+        from matplotlib.figure import Figure
     except ImportError:
-        return print("matplotlib is not installed: no picture")
+        return print("no picture: matplotlib is not installed")
     return Figure(**kwargs)
 
-def save_figure(fig, name):
-    """To out_dir/SCRIPT_NAME.png; in a notebook, shown in the cell too."""
-    path = os.path.join(out_dir, f"{SCRIPT}_{name}.png")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-        print(f"{name} picture saved to {path}")
-    except OSError as e:
-        return print(f"could not save {path} ({e})")
-    if hasattr(getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)(), "kernel"):  # a notebook
+def show(fig, name):  # to out_dir/SCRIPT_NAME.png, and in a notebook to the cell too
+    fig.savefig(path := os.path.join(out_dir, f"{SCRIPT}_{name}.png"), dpi=120, bbox_inches="tight")
+    print(f"{name} picture saved to {path}")
+    if NOTEBOOK:
         from IPython.display import Image, display
         display(Image(filename=path))
 
-def plot_losses(run):
-    """The loss of the batches of every progress line, and the train and val loss of every evaluation."""
-    if not (fig := figure(figsize=(6, 4))):
-        return
-    ax = fig.subplots()
-    ax.plot(*zip(*run["progress"]), color="C0", alpha=0.35)
-    steps, train, val = zip(*run["history"])
-    ax.plot(steps, train, "o-C0", steps, val, "o-C1")
-    ax.set(xlabel="step", ylabel="loss (nats per token)")
-    ax.set_title(f"{SCRIPT}.py " + " ".join(f"{k}={globals()[k]!r}" for k in MODEL_KEYS), size=8, wrap=True)
-    ax.legend(["train, the batches of each line", "train", "val"])
-    save_figure(fig, "loss")
-
-def draw_attention(weights, labels, divider=None):
-    """A heat map per head: row t is what position t attends to; the tokens are the ticks."""
+def draw_attention(weights, labels):  # a heat map a head: row t is what position t attends to
     labels = [{"\n": "\\n", " ": "␣"}.get(c, c) for c in labels]
     rows, cols = (1, len(weights)) if len(weights) <= 3 else (2, math.ceil(len(weights) / 2))
-    if not (fig := figure(figsize=(1 + 4 * cols, 4 * rows), layout="constrained")):
-        return
-    size = max(5, min(10, 280 // len(labels)))  # of the ticks' font
-    for h in range(len(weights)):
-        ax = fig.add_subplot(rows, cols, h + 1)
-        image = ax.imshow(weights[h].numpy(), cmap="viridis", vmin=0, vmax=1)
-        ax.set_title(f"head {h}")
-        ax.set_xticks(range(len(labels)), labels, fontsize=size)
-        ax.set_yticks(range(len(labels)), labels, fontsize=size)
-        if divider:  # between the input and the output
-            ax.axvline(divider - 0.5, color="white")
-            ax.axhline(divider - 0.5, color="white")
-    fig.colorbar(image, ax=fig.axes, shrink=0.6, label="attention weight")
-    fig.suptitle(f"{SCRIPT}.py: what the last block's heads attend to (row: the position reading)")
-    save_figure(fig, "attention")
+    if fig := figure(figsize=(1 + 4 * cols, 4 * rows), layout="constrained"):
+        for h in range(len(weights)):
+            ax = fig.add_subplot(rows, cols, h + 1, title=f"head {h}")
+            image = ax.imshow(weights[h].numpy(), vmin=0, vmax=1)
+            ax.set_xticks(range(len(labels)), labels, fontsize=min(9, 240 // len(labels)))
+            ax.set_yticks(range(len(labels)), labels, fontsize=min(9, 240 // len(labels)))
+        fig.colorbar(image, ax=fig.axes, shrink=0.6, label="attention weight")
+        fig.suptitle(f"{SCRIPT}.py: what the last block's heads attend to (a row: the position reading)")
+        show(fig, "attention")
 
 if __name__ == "__main__":
-    with clear_errors():
+    try:
         main()
+    except KeyboardInterrupt:
+        die(f"interrupted; {out_dir}/{SCRIPT}.pt keeps step {KEPT['step']}: resume=true goes on from there"
+            if KEPT.get("step") else "interrupted before this run's first checkpoint", 130)
+    except ImportError as e:  # a package that is not installed
+        die(f"this needs {e.name}: pip install {dict(bs4='beautifulsoup4').get(e.name, e.name)}")
+    except OSError as e:  # a file that cannot be read or written: a full disk, say
+        die(f"could not read or write {e.filename}: {e.strerror or e}")
+    except RuntimeError as e:  # torch.OutOfMemoryError is one
+        if "out of memory" not in str(e) and "can't allocate memory" not in str(e):
+            raise
+        die(f"out of memory on {device}: make batch_size, block_size or the model smaller")

@@ -7,7 +7,7 @@ follow it. Counting the pairs of characters in the text gives the table that fit
 gradient descent, as the lecture trains it, finds nearly the same one. Step 2 (gpt_char.py) reads further
 back.
 
-Run:   python bigram.py                  tinyshakespeare (dataset=PATH: a text file of yours)
+Run:   python bigram.py                  tinyshakespeare (dataset=PATH: a UTF-8 text file of yours)
        python bigram.py max_iters=0      only sample, from out/bigram.pt
        python bigram.py --help           every setting, its value here and its meaning
 
@@ -15,22 +15,20 @@ Expect: MEASURE
 """
 
 import math
-import os
-import sys
-import time
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-# ----------------------------------------------------------------------------------- hyperparameters
+# ---------------------------------------------------------------------- hyperparameters: the lecture's
 batch_size = 32  # how many independent sequences will we process in parallel?
 block_size = 8  # what is the maximum context length for predictions?
 max_iters = 3000  # steps of the optimizer
 eval_interval = 300  # steps between evaluations, and checkpoints
-learning_rate = 1e-2  # AdamW's, constant
+learning_rate = 1e-2  # constant
 device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-eval_iters = 200  # train batches a loss estimate (the val loss reads all of val)
+eval_iters = 200  # train batches per loss estimate (the val loss reads all of val)
+# ... and the run's
 dataset = "shakespeare"  # or the path of a UTF-8 text
 seed = 1337  # same seed and device, same losses
 log_interval = 100  # steps between progress lines
@@ -40,16 +38,18 @@ start = "\n"  # the prompt the sample continues
 max_new_tokens = 500  # characters to sample
 temperature = 1.0  # < 1 sharper, > 1 wilder
 top_k = 0  # draw among the k likeliest only; 0: all
-DEFAULTS = {k: v for k, v in globals().items() if k[0].islower() and isinstance(v, (int, float, str))}
 
 # ------------------------------------------------------------------------------ data and tokenizer
 TEXTS = {"shakespeare": "tinyshakespeare.txt"}  # dataset= -> data/NAME
 
 def tokenizer(text):
-    chars = sorted(set(text))  # here are all the unique characters that occur in this text
+    # here are all the unique characters that occur in this text
+    chars = sorted(list(set(text)))
+    # create a mapping from characters to integers
     stoi = {ch: i for i, ch in enumerate(chars)}
-    encode = lambda s: [stoi[c] for c in s]  # noqa: E731  encoder: a string -> a list of integers
-    decode = lambda l: "".join(chars[i] for i in l)  # noqa: E731, E741  decoder: and back
+    itos = {i: ch for i, ch in enumerate(chars)}
+    encode = lambda s: [stoi[c] for c in s]  # encoder: take a string, output a list of integers
+    decode = lambda l: "".join([itos[i] for i in l])  # decoder: take a list of integers, output a string
     return chars, encode, decode
 
 # --------------------------------------------------------------------------------------------- model
@@ -61,8 +61,10 @@ class BigramLanguageModel(nn.Module):
         self.token_embedding_table = nn.Embedding(vocab_size, vocab_size)
 
     def forward(self, idx, targets=None):
+
         # idx and targets are both (B,T) tensor of integers
         logits = self.token_embedding_table(idx)  # (B,T,C)
+
         if targets is None:
             loss = None
         else:
@@ -70,10 +72,10 @@ class BigramLanguageModel(nn.Module):
             logits = logits.view(B * T, C)
             targets = targets.view(B * T)
             loss = F.cross_entropy(logits, targets)
+
         return logits, loss
 
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=0):
+    def generate(self, idx, max_new_tokens):
         # idx is (B, T) array of indices in the current context
         for _ in range(max_new_tokens):
             # get the predictions
@@ -81,7 +83,8 @@ class BigramLanguageModel(nn.Module):
             # focus only on the last time step, sharpened or flattened by the temperature
             logits = logits[:, -1, :] / temperature  # becomes (B, C)
             if top_k:  # only the top_k likeliest may be drawn
-                logits[logits < torch.topk(logits, min(top_k, logits.size(-1)))[0][:, [-1]]] = -float("inf")
+                kth = torch.topk(logits, min(top_k, logits.size(-1)))[0][:, [-1]]
+                logits[logits < kth] = -float("inf")
             # apply softmax to get probabilities
             probs = F.softmax(logits, dim=-1)  # (B, C)
             # sample from the distribution
@@ -111,8 +114,8 @@ def get_batch(data, generator=None):
 
 @torch.no_grad()
 def estimate_loss(model, train_data, val_data):
-    """The loss of eval_iters train batches (the same each time), and of each val token once: so every
-    step and tokenizer is judged on the same characters."""
+    """The train loss of eval_iters random batches (the same ones every time). The val loss of every val
+    token once, not of random batches: an exact figure, and of the same characters in every step."""
     out = {}
     model.eval()
     generator = torch.Generator().manual_seed(seed)
@@ -128,18 +131,21 @@ def estimate_loss(model, train_data, val_data):
     return out
 
 def train(model, optimizer, train_data, val_data, run):
-    """The lecture's loop, from run.step on; run (after main) prints it and keeps checkpoints."""
+    """The lecture's loop, from run.step; run (defined below main) prints it and keeps checkpoints."""
     for iter in range(run.step, max_iters + 1):
-        # every once in a while evaluate the loss on train and val sets
+
+        # every once in a while evaluate the loss on train and val sets (and after the last step)
         if iter % eval_interval == 0 or iter == max_iters:
             run.evaluating(iter)
             losses = estimate_loss(model, train_data, val_data)
-            run.evaluated(iter, losses, f"val bpc {losses['val'] / math.log(2):.3f}")  # bits a character
+            run.evaluated(iter, losses, f"val bpc {losses['val'] / math.log(2):.3f}")  # bits per character
         if iter == max_iters:
             break
         torch.manual_seed(seed + 1_000_003 * iter)  # the step's batch and dropout, from seed and step alone
+
         # sample a batch of data
         xb, yb = get_batch(train_data)
+
         # evaluate the loss
         logits, loss = model(xb, yb)
         optimizer.zero_grad(set_to_none=True)
@@ -152,27 +158,30 @@ def train(model, optimizer, train_data, val_data, run):
 def sample(model, encode):  # the prompt start=, continued by max_new_tokens tokens, with dropout off
     model.eval()
     context = torch.tensor([encode(start)], dtype=torch.long, device=device)
-    return model.generate(context, max_new_tokens, temperature, top_k)[0].tolist()
+    return model.generate(context, max_new_tokens)[0].tolist()
 
 # ---------------------------------------------------------------------------------------------- main
 def main():
-    checkpoint = configure()  # after main(), with load_text, check_data and Run
+    checkpoint = configure()  # these functions (configure, load_text, check_data, Run) are below main()
     torch.manual_seed(seed)
     text = load_text(dataset)
     chars, encode, decode = tokenizer(text)
+    vocab_size = len(chars)
     # train and test splits
     data = torch.tensor(encode(text), dtype=torch.long)
     n = int(0.9 * len(data))  # first 90% will be train, rest val
-    train_data, val_data = data[:n], data[n:]
+    train_data = data[:n]
+    val_data = data[n:]
     check_data(train_data, val_data, unknown=set(start) - set(chars))
-    model = BigramLanguageModel(len(chars)).to(device)
+    model = BigramLanguageModel(vocab_size).to(device)
     print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters | device {device} | "
-          f"{dataset}: {len(text):,} characters, {len(chars)} distinct, {len(val_data):,} to validate")
-    least = score(count_table(train_data, len(chars), 0), train_data)
-    smoothed = score(count_table(train_data, len(chars), 1), val_data)
+          f"{dataset}: {len(text):,} characters, {vocab_size} distinct, {len(val_data):,} to validate")
+    least = score(count_table(train_data, vocab_size, 0), train_data)
+    smoothed = score(count_table(train_data, vocab_size, 1), val_data)
     print(f"counting the pairs: train {least:.4f}, the least a bigram table can reach on the training text")
     print(f"counting the pairs, with add-one smoothing: val {smoothed:.4f}")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)  # create a PyTorch optimizer
+    # create a PyTorch optimizer
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     run = Run(checkpoint, chars, model, optimizer)
     if run.step < max_iters:
         train(model, optimizer, train_data, val_data, run)
@@ -180,13 +189,18 @@ def main():
     table = model.token_embedding_table.weight.detach().cpu().log_softmax(dim=-1)
     print(f"the trained table: train {score(table, train_data):.4f} on every pair of the training text "
           f"(counting: {least:.4f}), val {score(table, val_data):.4f}")
+    # generate from the model
     ids = sample(model, encode)
     print(f"--- sample, temperature {temperature} ---\n{decode(ids)}")
 
 # ===================================================================================================
-# Plumbing, the same in every script: settings, errors, data files, checkpoints, progress, pictures.
+# Plumbing, each block the same in every script that needs it: settings, errors, data files,
+# checkpoints, progress lines, pictures. The lesson is above.
 # ===================================================================================================
-import difflib, re, shutil, socket, textwrap  # noqa: E401,E402  the plumbing's own
+import difflib, os, re, shutil, socket, sys, textwrap, time  # noqa: E401,E402  the plumbing's own
+
+# every lower-case global of the hyperparameters is a setting, with its value there: name=value
+DEFAULTS = {k: v for k, v in globals().items() if k[0].islower() and isinstance(v, (int, float, str))}
 
 SCRIPT = "bigram"
 NOTEBOOK = "__file__" not in globals()  # pasted into a cell: no file, and sys.argv is the kernel's
@@ -277,18 +291,18 @@ DATA_FILES = {  # data/NAME: where it is downloaded from, and its SHA-256
 }
 
 def data_files(*names):  # the paths of data/NAME..., each downloaded if it is missing
-    paths, missing = [os.path.join(DATA_DIR, name) for name in names], []
-    for name, path in zip(names, paths):
-        try:
+    paths = [os.path.join(DATA_DIR, name) for name in names]
+    try:
+        for name, path in zip(names, paths):
             if not os.path.exists(path):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 socket.setdefaulttimeout(30)  # torch.hub would wait forever
-                torch.hub.download_url_to_file(DATA_FILES[name][0], path, hash_prefix=DATA_FILES[name][1])
-        except Exception as e:  # no network, a wrong address, a corrupted download
-            missing += [f"  {DATA_FILES[name][0]}\n    to be saved as {path}"]
-            why = e
-    if missing:
-        die("\n".join([f"could not download ({why}); download by hand, and save each as it says:", *missing]))
+                url, sha256 = DATA_FILES[name]
+                torch.hub.download_url_to_file(url, path, hash_prefix=sha256)  # checked, then moved in place
+    except Exception as e:  # no network, a wrong address, a corrupted download
+        missing = [f"  {DATA_FILES[n][0]}\n    to be saved as {p}" for n, p in zip(names, paths)
+                   if not os.path.exists(p)]
+        die("\n".join([f"could not download ({e}); download by hand, and save each as it says:", *missing]))
     return paths
 
 def load_text(dataset):  # Shakespeare's plays, or a text file
@@ -342,14 +356,11 @@ class Run:
             self.step, self.evals, self.losses = checkpoint["step"], checkpoint["evals"], checkpoint["losses"]
             print(wrap(f"loaded {self.path}: step {self.step}, val {self.evals[-1][2]:.4f}, trained with "
                        + changed(checkpoint["config"])))
-        try:  # a new run keeps the last run's checkpoint
-            os.makedirs(out_dir, exist_ok=True)
-            if not checkpoint and os.path.exists(self.path):
-                os.makedirs(os.path.join(out_dir, "previous"), exist_ok=True)
-                shutil.copy(self.path, os.path.join(out_dir, "previous"))
-                print(f"(the last run's checkpoint is copied to {out_dir}/previous/{SCRIPT}.pt)")
-        except OSError as e:
-            die(f"could not write in out_dir={out_dir!r} ({e.strerror})")
+        os.makedirs(out_dir, exist_ok=True)
+        if not checkpoint and os.path.exists(self.path):  # a new run keeps the last run's checkpoint
+            os.makedirs(os.path.join(out_dir, "previous"), exist_ok=True)
+            shutil.copy(self.path, os.path.join(out_dir, "previous"))
+            print(f"(the last run's checkpoint is copied to {out_dir}/previous/{SCRIPT}.pt)")
         KEPT["step"] = checkpoint and self.step
         self.first, self.began, self.last = self.step, time.time(), time.time()
 

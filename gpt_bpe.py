@@ -28,7 +28,6 @@ import heapq
 import json
 import math
 import os
-import sys
 import time
 from contextlib import nullcontext
 
@@ -67,7 +66,6 @@ start = "Scr. Romae"  # the prompt the sample continues: how a letter's dateline
 max_new_tokens = 200  # tokens to sample
 temperature = 0.8  # < 1 sharper, > 1 wilder; 0: always the likeliest
 top_k = 0  # draw among the k likeliest only; 0: all
-DEFAULTS = {k: v for k, v in globals().items() if k[0].islower() and isinstance(v, (int, float, str))}
 # on a CPU or an Apple GPU (mps) these replace the values above, to train in minutes:
 LAPTOP = dict(batch_size=16, block_size=64, max_iters=1500, eval_interval=500, learning_rate=3e-3,
               min_lr=3e-4, eval_iters=20, n_embd=128, n_head=4, n_layer=4, dropout=0.0)
@@ -409,21 +407,20 @@ def get_batch(data, generator=None):
     return x, y
 
 @torch.no_grad()
-def estimate_loss(model, train_data, val_data, ctx):
-    """The loss of eval_iters train batches (the same each time), and of each val token once: so every
-    step and tokenizer is judged on the same characters."""
+def estimate_loss(model, train_data, val_data):
+    """The train loss of eval_iters random batches (the same ones every time). The val loss of every val
+    token once, not of random batches: an exact figure, and of the same characters in every step."""
     out = {}
     model.eval()
     generator = torch.Generator().manual_seed(seed)
-    with ctx:
-        losses = [model(*get_batch(train_data, generator))[1].item() for _ in range(eval_iters)]
-        out["train"] = sum(losses) / eval_iters
-        val = torch.cat([train_data[-1:], val_data])  # the first val token is read after the last train one
-        pad = -(len(val) - 1) % block_size  # windows filled up with the target -100, which does not count
-        x = F.pad(val[:-1], (0, pad)).view(-1, block_size)
-        y = F.pad(val[1:], (0, pad), value=-100).view(-1, block_size)
-        out["val"] = sum(model(xb.to(device), yb.to(device))[1].item() * (yb >= 0).sum().item()
-                         for xb, yb in zip(x.split(batch_size), y.split(batch_size))) / len(val_data)
+    losses = [model(*get_batch(train_data, generator))[1].item() for _ in range(eval_iters)]
+    out["train"] = sum(losses) / eval_iters
+    val = torch.cat([train_data[-1:], val_data])  # the first val token is read after the last train one
+    pad = -(len(val) - 1) % block_size  # windows filled up with the target -100, which does not count
+    x = F.pad(val[:-1], (0, pad)).view(-1, block_size)
+    y = F.pad(val[1:], (0, pad), value=-100).view(-1, block_size)
+    out["val"] = sum(model(xb.to(device), yb.to(device))[1].item() * (yb >= 0).sum().item()
+                     for xb, yb in zip(x.split(batch_size), y.split(batch_size))) / len(val_data)
     model.train()
     return out
 
@@ -443,26 +440,33 @@ def autocast():
     ctx = torch.autocast("cuda", dtype=dtype) if dtype else nullcontext()
     return ctx, torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
-def train(model, optimizers, data, run):
-    """Step 2's loop, the GPT-2 way: the learning rate warms up, then decays; the gradient is clipped;
-    on a GPU the forward pass runs in 16 bits. run (after main) prints it and keeps checkpoints."""
+def train(model, optimizers, train_data, val_data, run, characters):
+    """Step 2's loop, the GPT-2 way: the learning rate warms up, then decays; the gradient is clipped; on a
+    GPU the forward pass runs in 16 bits. characters: the val text's, for the bits per character."""
     ctx, scaler = autocast()
     for iter in range(run.step, max_iters + 1):
+
+        # every once in a while evaluate the loss on train and val sets (and after the last step)
         if iter % eval_interval == 0 or iter == max_iters:
             run.evaluating(iter)
-            losses = estimate_loss(model, data["train"], data["val"], ctx)
-            bpc = losses["val"] / math.log(2) * len(data["val"]) / data["val_characters"]  # bits a character
+            with ctx:
+                losses = estimate_loss(model, train_data, val_data)
+            bpc = losses["val"] / math.log(2) * len(val_data) / characters  # tokens are not characters
             run.evaluated(iter, losses, f"val bpc {bpc:.3f}")
         if iter == max_iters:
             break
         torch.manual_seed(seed + 1_000_003 * iter)  # the step's batch and dropout, from seed and step alone
-        for optimizer in optimizers:
+        for optimizer in optimizers:  # warm-up, then cosine decay
             for group in optimizer.param_groups:
                 group["lr"] = get_lr(iter)
-        xb, yb = get_batch(data["train"])
+
+        # sample a batch of data
+        xb, yb = get_batch(train_data)
+
+        # evaluate the loss, in 16 bits on a GPU
         with ctx:
             logits, loss = model(xb, yb)
-        scaler.scale(loss).backward()  # in fp16, scaled up first
+        scaler.scale(loss).backward()  # in fp16, scaled up first, so that small gradients stay above 0
         for optimizer in optimizers:
             scaler.unscale_(optimizer)
         if nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf).isfinite():  # clipped
@@ -500,25 +504,29 @@ def main():
     known = set(bpe.encode_ordinary(train_text)) | {bpe.encode_single_token(bytes([b])) for b in range(256)}
     ids = sorted(known) if compact_vocab else list(range(bpe.n_vocab))  # the BPE ids the model knows
     encode, decode = make_tokenizer(ids, bpe)
-    data = {"train": torch.tensor(encode(train_text)), "val": torch.tensor(encode(val_text)),
-            "val_characters": len(val_text)}
-    check_data(data["train"], data["val"])
+    train_data = torch.tensor(encode(train_text), dtype=torch.long)
+    val_data = torch.tensor(encode(val_text), dtype=torch.long)
+    check_data(train_data, val_data)
     model = GPT(len(ids), block_size, n_embd, n_head, n_layer, dropout).to(device)
-    tokens = len(data["train"]) + len(data["val"])
+    tokens = len(train_data) + len(val_data)
     print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters | device {device} | "
           f"{dataset}: {len(text):,} characters, {len(val_text):,} characters to validate")
     print(f"{tokens:,} tokens of {tokenizer}, {len(ids)} distinct, {len(text) / tokens:.2f} characters each")
     optimizers = make_optimizers(model)
     run = Run(checkpoint, {"ids": ids, "merges": merges}, model, *optimizers)
     if run.step < max_iters:
-        train(model, optimizers, data, run)
+        train(model, optimizers, train_data, val_data, run, len(val_text))
         run.plot()
     print(f"--- sample, temperature {temperature} ---\n{decode(sample(model, encode))}")
 
 # ===================================================================================================
-# Plumbing, the same in every script: settings, errors, data files, checkpoints, progress, pictures.
+# Plumbing, each block the same in every script that needs it: settings, errors, data files,
+# checkpoints, progress lines, pictures. The lesson is above.
 # ===================================================================================================
-import difflib, re, shutil, socket, textwrap  # noqa: E401,E402  the plumbing's own
+import difflib, os, re, shutil, socket, sys, textwrap, time  # noqa: E401,E402  the plumbing's own
+
+# every lower-case global of the hyperparameters is a setting, with its value there: name=value
+DEFAULTS = {k: v for k, v in globals().items() if k[0].islower() and isinstance(v, (int, float, str))}
 
 SCRIPT = "gpt_bpe"
 NOTEBOOK = "__file__" not in globals()  # pasted into a cell: no file, and sys.argv is the kernel's
@@ -625,18 +633,18 @@ DATA_FILES = {  # data/NAME: where it is downloaded from, and its SHA-256
 }
 
 def data_files(*names):  # the paths of data/NAME..., each downloaded if it is missing
-    paths, missing = [os.path.join(DATA_DIR, name) for name in names], []
-    for name, path in zip(names, paths):
-        try:
+    paths = [os.path.join(DATA_DIR, name) for name in names]
+    try:
+        for name, path in zip(names, paths):
             if not os.path.exists(path):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 socket.setdefaulttimeout(30)  # torch.hub would wait forever
-                torch.hub.download_url_to_file(DATA_FILES[name][0], path, hash_prefix=DATA_FILES[name][1])
-        except Exception as e:  # no network, a wrong address, a corrupted download
-            missing += [f"  {DATA_FILES[name][0]}\n    to be saved as {path}"]
-            why = e
-    if missing:
-        die("\n".join([f"could not download ({why}); download by hand, and save each as it says:", *missing]))
+                url, sha256 = DATA_FILES[name]
+                torch.hub.download_url_to_file(url, path, hash_prefix=sha256)  # checked, then moved in place
+    except Exception as e:  # no network, a wrong address, a corrupted download
+        missing = [f"  {DATA_FILES[n][0]}\n    to be saved as {p}" for n, p in zip(names, paths)
+                   if not os.path.exists(p)]
+        die("\n".join([f"could not download ({e}); download by hand, and save each as it says:", *missing]))
     return paths
 
 def load_text(dataset):  # Shakespeare's plays, Cicero's letters out of their XML, or a text file
@@ -706,14 +714,11 @@ class Run:
             self.step, self.evals, self.losses = checkpoint["step"], checkpoint["evals"], checkpoint["losses"]
             print(wrap(f"loaded {self.path}: step {self.step}, val {self.evals[-1][2]:.4f}, trained with "
                        + changed(checkpoint["config"])))
-        try:  # a new run keeps the last run's checkpoint
-            os.makedirs(out_dir, exist_ok=True)
-            if not checkpoint and os.path.exists(self.path):
-                os.makedirs(os.path.join(out_dir, "previous"), exist_ok=True)
-                shutil.copy(self.path, os.path.join(out_dir, "previous"))
-                print(f"(the last run's checkpoint is copied to {out_dir}/previous/{SCRIPT}.pt)")
-        except OSError as e:
-            die(f"could not write in out_dir={out_dir!r} ({e.strerror})")
+        os.makedirs(out_dir, exist_ok=True)
+        if not checkpoint and os.path.exists(self.path):  # a new run keeps the last run's checkpoint
+            os.makedirs(os.path.join(out_dir, "previous"), exist_ok=True)
+            shutil.copy(self.path, os.path.join(out_dir, "previous"))
+            print(f"(the last run's checkpoint is copied to {out_dir}/previous/{SCRIPT}.pt)")
         KEPT["step"] = checkpoint and self.step
         self.first, self.began, self.last = self.step, time.time(), time.time()
 

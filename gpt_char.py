@@ -1,44 +1,44 @@
 """
-Step 2 of "Let's build GPT": the lecture's GPT, as it wrote it, writing one character at a time.
+Step 2 of "Let's build GPT": the lecture's GPT, as its code has it, writing one character at a time.
 
-Each position reads the ones before it through causal self-attention: the lecture's Head, MultiHeadAttention,
-FeedFoward and Block, trained as it trained them (AdamW, a constant rate). Each idea is a switch, and each
-rung of the lecture's ladder one command.
+Each position reads the characters before it through causal self-attention: the lecture's Head,
+MultiHeadAttention, FeedFoward (sic) and Block, trained as it trained them, with AdamW at a constant
+rate. Each idea the lecture adds is a switch, and each rung of its ladder one command.
 
-Run:   python gpt_char.py                  tinyshakespeare (dataset=atticus, or your own text file)
+Run:   python gpt_char.py                  tinyshakespeare (dataset=atticus: Cicero's letters, as in step 3)
        python gpt_char.py lecture=heads    a rung: head, heads, ffwd, residual, layernorm, full
        python gpt_char.py resume=true      after Ctrl-C: go on from the last checkpoint
-       python gpt_char.py max_iters=0      only sample, from out/gpt_char.pt (start=ROMEO: prompts it)
+       python gpt_char.py max_iters=0      only sample from out/gpt_char.pt (start="ROMEO:": its prompt)
+       python -m doctest -v gpt_char.py    the mathematical trick in self-attention, three ways
        python gpt_char.py --help           every setting, its value here and its meaning
 
 Expect: val loss MEASURE in MEASURE s on 2 cores of an AMD EPYC CPU, and a sample that looks like a play.
 """
 
 import math
-import os
-import sys
-import time
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-# ------------------------------------------------------------------ hyperparameters (the lecture's)
+# ---------------------------------------------------------------------- hyperparameters: the lecture's
 batch_size = 64  # how many independent sequences will we process in parallel?
 block_size = 256  # what is the maximum context length for predictions?
 max_iters = 5000  # steps of the optimizer
 eval_interval = 500  # steps between evaluations, and checkpoints
 learning_rate = 3e-4  # constant
 device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-eval_iters = 200  # train batches a loss estimate (the val loss reads all of val)
+eval_iters = 200  # train batches per loss estimate (the val loss reads all of val)
 n_embd = 384  # the width of each position's vector
-n_head = 6  # heads a block, each n_embd // n_head wide
+n_head = 6  # heads per block, each n_embd // n_head wide
 n_layer = 6  # blocks
 dropout = 0.2  # the share zeroed while training, 0 to < 1
-mlp = True  # the ladder's switches: each block's FeedFoward (false needs residual=false)
+# ... the ladder's switches
+mlp = True  # each block's FeedFoward; the rungs without it had no residual path either
 residual = True  # each block adds to x; false: replaces it
-layernorm = True  # ln1, ln2, ln_f and the init of normal(0, 0.02); false: none, PyTorch's init
+layernorm = True  # ln1, ln2, ln_f and the init of gpt.py; false: none, and PyTorch's init
 lecture = ""  # a rung of the ladder: head, heads, ffwd, residual, layernorm, full
+# ... and the run's
 dataset = "shakespeare"  # or atticus (Cicero's letters), or the path of a UTF-8 text
 seed = 1337  # same seed and device, same losses
 log_interval = 50  # steps between progress lines
@@ -48,30 +48,32 @@ start = "\n"  # the prompt the sample continues
 max_new_tokens = 500  # characters to sample
 temperature = 1.0  # < 1 sharper, > 1 wilder
 top_k = 0  # draw among the k likeliest only; 0: all
-DEFAULTS = {k: v for k, v in globals().items() if k[0].islower() and isinstance(v, (int, float, str))}
 # on a CPU or an Apple GPU (mps) these replace the values above, to train in minutes:
 LAPTOP = dict(batch_size=32, block_size=64, max_iters=2100, eval_interval=700, learning_rate=1e-3,
               eval_iters=20, n_embd=96, n_head=4, n_layer=4, dropout=0.0)
 RUNG = dict(batch_size=32, block_size=8, max_iters=5000, eval_interval=500, learning_rate=1e-3,
             eval_iters=200, n_embd=32, dropout=0.0)
-LECTURE = {  # lecture=NAME: a rung of the lecture's ladder, each a commit of its code
+LECTURE = {  # lecture=NAME: the model of a rung (its attention projection and 4x FeedFoward aside)
     "head": dict(RUNG, n_layer=1, n_head=1, mlp=False, residual=False, layernorm=False),
     "heads": dict(RUNG, n_layer=1, n_head=4, mlp=False, residual=False, layernorm=False),
     "ffwd": dict(RUNG, n_layer=1, n_head=4, residual=False, layernorm=False),
     "residual": dict(RUNG, n_layer=3, n_head=4, layernorm=False),
     "layernorm": dict(RUNG, n_layer=3, n_head=4),
     "full": dict(RUNG, batch_size=64, block_size=256, learning_rate=3e-4, n_embd=384, n_head=6, n_layer=6,
-                 dropout=0.2),
+                 dropout=0.2),  # the lecture's GPT, which a GPU trains by default
 }
 
 # ------------------------------------------------------------------------------ data and tokenizer
 TEXTS = {"shakespeare": "tinyshakespeare.txt", "atticus": "atticus.xml"}  # dataset= -> data/NAME
 
 def tokenizer(text):
-    chars = sorted(set(text))  # here are all the unique characters that occur in this text
+    # here are all the unique characters that occur in this text
+    chars = sorted(list(set(text)))
+    # create a mapping from characters to integers
     stoi = {ch: i for i, ch in enumerate(chars)}
-    encode = lambda s: [stoi[c] for c in s]  # noqa: E731  encoder: a string -> a list of integers
-    decode = lambda l: "".join(chars[i] for i in l)  # noqa: E731, E741  decoder: and back
+    itos = {i: ch for i, ch in enumerate(chars)}
+    encode = lambda s: [stoi[c] for c in s]  # encoder: take a string, output a list of integers
+    decode = lambda l: "".join([itos[i] for i in l])  # decoder: take a list of integers, output a string
     return chars, encode, decode
 
 # --------------------------------------------------------------------------------------------- model
@@ -87,10 +89,11 @@ def the_trick(B=4, T=8, C=2):
     xbow = torch.zeros((B, T, C))  # version 1: a loop
     for b in range(B):
         for t in range(T):
-            xbow[b, t] = torch.mean(x[b, :t + 1], 0)
+            xprev = x[b, :t + 1]  # (t,C)
+            xbow[b, t] = torch.mean(xprev, 0)
     wei = torch.tril(torch.ones(T, T))  # version 2: a matrix multiply
     wei = wei / wei.sum(1, keepdim=True)
-    xbow2 = wei @ x  # (T, T) @ (B, T, C) ----> (B, T, C)
+    xbow2 = wei @ x  # (B, T, T) @ (B, T, C) ----> (B, T, C)
     tril = torch.tril(torch.ones(T, T))  # version 3: use Softmax
     wei = torch.zeros((T, T))
     wei = wei.masked_fill(tril == 0, float("-inf"))
@@ -101,12 +104,13 @@ def the_trick(B=4, T=8, C=2):
 class Head(nn.Module):
     """ one head of self-attention """
 
-    def __init__(self, n_embd, head_size, block_size, dropout):
+    def __init__(self, head_size):
         super().__init__()
         self.key = nn.Linear(n_embd, head_size, bias=False)
         self.query = nn.Linear(n_embd, head_size, bias=False)
         self.value = nn.Linear(n_embd, head_size, bias=False)
         self.register_buffer("tril", torch.tril(torch.ones(block_size, block_size)))
+
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
@@ -128,9 +132,9 @@ class Head(nn.Module):
 class MultiHeadAttention(nn.Module):
     """ multiple heads of self-attention in parallel """
 
-    def __init__(self, num_heads, head_size, n_embd, block_size, dropout):
+    def __init__(self, num_heads, head_size):
         super().__init__()
-        self.heads = nn.ModuleList([Head(n_embd, head_size, block_size, dropout) for _ in range(num_heads)])
+        self.heads = nn.ModuleList([Head(head_size) for _ in range(num_heads)])
         self.proj = nn.Linear(head_size * num_heads, n_embd)
         self.dropout = nn.Dropout(dropout)
 
@@ -142,7 +146,7 @@ class MultiHeadAttention(nn.Module):
 class FeedFoward(nn.Module):
     """ a simple linear layer followed by a non-linearity """
 
-    def __init__(self, n_embd, dropout):
+    def __init__(self, n_embd):
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(n_embd, 4 * n_embd),
@@ -157,12 +161,12 @@ class FeedFoward(nn.Module):
 class Block(nn.Module):
     """ Transformer block: communication followed by computation """
 
-    def __init__(self, n_embd, n_head, block_size, dropout):
+    def __init__(self, n_embd, n_head):
         # n_embd: embedding dimension, n_head: the number of heads we'd like
         super().__init__()
         head_size = n_embd // n_head
-        self.sa = MultiHeadAttention(n_head, head_size, n_embd, block_size, dropout)
-        self.ffwd = FeedFoward(n_embd, dropout) if mlp else nn.Identity()  # switches: mlp, layernorm
+        self.sa = MultiHeadAttention(n_head, head_size)
+        self.ffwd = FeedFoward(n_embd) if mlp else nn.Identity()  # the switches mlp and layernorm
         self.ln1 = nn.LayerNorm(n_embd) if layernorm else nn.Identity()
         self.ln2 = nn.LayerNorm(n_embd) if layernorm else nn.Identity()
 
@@ -175,17 +179,17 @@ class Block(nn.Module):
 
 class GPTLanguageModel(nn.Module):
 
-    def __init__(self, vocab_size, block_size, n_embd, n_head, n_layer, dropout):
+    def __init__(self, vocab_size):
         super().__init__()
-        self.block_size = block_size
         # each token directly reads off the logits for the next token from a lookup table
         self.token_embedding_table = nn.Embedding(vocab_size, n_embd)
         self.position_embedding_table = nn.Embedding(block_size, n_embd)
-        self.blocks = nn.Sequential(*[Block(n_embd, n_head, block_size, dropout) for _ in range(n_layer)])
+        self.blocks = nn.Sequential(*[Block(n_embd, n_head=n_head) for _ in range(n_layer)])
         self.ln_f = nn.LayerNorm(n_embd) if layernorm else nn.Identity()  # final layer norm
         self.lm_head = nn.Linear(n_embd, vocab_size)
-        # better init, not covered in the original GPT video (without layer norm, PyTorch's, as in it)
-        if layernorm:
+
+        # better init, not covered in the original GPT video, but important, will cover in followup video
+        if layernorm:  # (the rungs before layer norm keep PyTorch's, as the video trained them all)
             self.apply(self._init_weights)
 
     def _init_weights(self, module):
@@ -198,6 +202,7 @@ class GPTLanguageModel(nn.Module):
 
     def forward(self, idx, targets=None):
         B, T = idx.shape
+
         # idx and targets are both (B,T) tensor of integers
         tok_emb = self.token_embedding_table(idx)  # (B,T,C)
         pos_emb = self.position_embedding_table(torch.arange(T, device=idx.device))  # (T,C)
@@ -205,6 +210,7 @@ class GPTLanguageModel(nn.Module):
         x = self.blocks(x)  # (B,T,C)
         x = self.ln_f(x)  # (B,T,C)
         logits = self.lm_head(x)  # (B,T,vocab_size)
+
         if targets is None:
             loss = None
         else:
@@ -212,20 +218,21 @@ class GPTLanguageModel(nn.Module):
             logits = logits.view(B * T, C)
             targets = targets.view(B * T)
             loss = F.cross_entropy(logits, targets)
+
         return logits, loss
 
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=0):
+    def generate(self, idx, max_new_tokens):
         # idx is (B, T) array of indices in the current context
         for _ in range(max_new_tokens):
             # crop idx to the last block_size tokens
-            idx_cond = idx[:, -self.block_size:]
+            idx_cond = idx[:, -block_size:]
             # get the predictions
             logits, loss = self(idx_cond)
             # focus only on the last time step, sharpened or flattened by the temperature
             logits = logits[:, -1, :] / temperature  # becomes (B, C)
             if top_k:  # only the top_k likeliest may be drawn
-                logits[logits < torch.topk(logits, min(top_k, logits.size(-1)))[0][:, [-1]]] = -float("inf")
+                kth = torch.topk(logits, min(top_k, logits.size(-1)))[0][:, [-1]]
+                logits[logits < kth] = -float("inf")
             # apply softmax to get probabilities
             probs = F.softmax(logits, dim=-1)  # (B, C)
             # sample from the distribution
@@ -245,8 +252,8 @@ def get_batch(data, generator=None):
 
 @torch.no_grad()
 def estimate_loss(model, train_data, val_data):
-    """The loss of eval_iters train batches (the same each time), and of each val token once: so every
-    step and tokenizer is judged on the same characters."""
+    """The train loss of eval_iters random batches (the same ones every time). The val loss of every val
+    token once, not of random batches: an exact figure, and of the same characters in every step."""
     out = {}
     model.eval()
     generator = torch.Generator().manual_seed(seed)
@@ -262,18 +269,21 @@ def estimate_loss(model, train_data, val_data):
     return out
 
 def train(model, optimizer, train_data, val_data, run):
-    """The lecture's loop, from run.step on; run (after main) prints it and keeps checkpoints."""
+    """The lecture's loop, from run.step; run (defined below main) prints it and keeps checkpoints."""
     for iter in range(run.step, max_iters + 1):
-        # every once in a while evaluate the loss on train and val sets
+
+        # every once in a while evaluate the loss on train and val sets (and after the last step)
         if iter % eval_interval == 0 or iter == max_iters:
             run.evaluating(iter)
             losses = estimate_loss(model, train_data, val_data)
-            run.evaluated(iter, losses, f"val bpc {losses['val'] / math.log(2):.3f}")  # bits a character
+            run.evaluated(iter, losses, f"val bpc {losses['val'] / math.log(2):.3f}")  # bits per character
         if iter == max_iters:
             break
         torch.manual_seed(seed + 1_000_003 * iter)  # the step's batch and dropout, from seed and step alone
+
         # sample a batch of data
         xb, yb = get_batch(train_data)
+
         # evaluate the loss
         logits, loss = model(xb, yb)
         optimizer.zero_grad(set_to_none=True)
@@ -286,7 +296,7 @@ def train(model, optimizer, train_data, val_data, run):
 def sample(model, encode):  # the prompt start=, continued by max_new_tokens tokens, with dropout off
     model.eval()
     context = torch.tensor([encode(start)], dtype=torch.long, device=device)
-    return model.generate(context, max_new_tokens, temperature, top_k)[0].tolist()
+    return model.generate(context, max_new_tokens)[0].tolist()
 
 @torch.no_grad()
 def last_block_attention(model, ids):
@@ -303,32 +313,41 @@ def last_block_attention(model, ids):
 
 # ---------------------------------------------------------------------------------------------- main
 def main():
-    checkpoint = configure(device=dict(cpu=LAPTOP, mps=LAPTOP), lecture=LECTURE)  # after main(), with
-    torch.manual_seed(seed)  # load_text, check_data, Run and draw_attention
+    checkpoint = configure(device=dict(cpu=LAPTOP, mps=LAPTOP), lecture=LECTURE)  # these functions
+    torch.manual_seed(seed)  # (configure, load_text, check_data, Run, draw_attention) are below main()
     text = load_text(dataset)
     chars, encode, decode = tokenizer(text)
+    vocab_size = len(chars)
     # train and test splits
     data = torch.tensor(encode(text), dtype=torch.long)
     n = int(0.9 * len(data))  # first 90% will be train, rest val
-    train_data, val_data = data[:n], data[n:]
+    train_data = data[:n]
+    val_data = data[n:]
     check_data(train_data, val_data, unknown=set(start) - set(chars))
-    model = GPTLanguageModel(len(chars), block_size, n_embd, n_head, n_layer, dropout).to(device)
+    model = GPTLanguageModel(vocab_size).to(device)
+    # print the number of parameters in the model
     print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters | device {device} | "
-          f"{dataset}: {len(text):,} characters, {len(chars)} distinct, {len(val_data):,} to validate")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)  # create a PyTorch optimizer
+          f"{dataset}: {len(text):,} characters, {vocab_size} distinct, {len(val_data):,} to validate")
+    # create a PyTorch optimizer
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     run = Run(checkpoint, chars, model, optimizer)
     if run.step < max_iters:
         train(model, optimizer, train_data, val_data, run)
         run.plot()
+    # generate from the model
     ids = sample(model, encode)
     print(f"--- sample, temperature {temperature} ---\n{decode(ids)}")
     ids = ids[:min(40, block_size)]  # where does the last block look, reading the sample's start?
     draw_attention(last_block_attention(model, ids), decode(ids))
 
 # ===================================================================================================
-# Plumbing, the same in every script: settings, errors, data files, checkpoints, progress, pictures.
+# Plumbing, each block the same in every script that needs it: settings, errors, data files,
+# checkpoints, progress lines, pictures. The lesson is above.
 # ===================================================================================================
-import difflib, re, shutil, socket, textwrap  # noqa: E401,E402  the plumbing's own
+import difflib, os, re, shutil, socket, sys, textwrap, time  # noqa: E401,E402  the plumbing's own
+
+# every lower-case global of the hyperparameters is a setting, with its value there: name=value
+DEFAULTS = {k: v for k, v in globals().items() if k[0].islower() and isinstance(v, (int, float, str))}
 
 SCRIPT = "gpt_char"
 NOTEBOOK = "__file__" not in globals()  # pasted into a cell: no file, and sys.argv is the kernel's
@@ -426,18 +445,18 @@ DATA_FILES = {  # data/NAME: where it is downloaded from, and its SHA-256
 }
 
 def data_files(*names):  # the paths of data/NAME..., each downloaded if it is missing
-    paths, missing = [os.path.join(DATA_DIR, name) for name in names], []
-    for name, path in zip(names, paths):
-        try:
+    paths = [os.path.join(DATA_DIR, name) for name in names]
+    try:
+        for name, path in zip(names, paths):
             if not os.path.exists(path):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 socket.setdefaulttimeout(30)  # torch.hub would wait forever
-                torch.hub.download_url_to_file(DATA_FILES[name][0], path, hash_prefix=DATA_FILES[name][1])
-        except Exception as e:  # no network, a wrong address, a corrupted download
-            missing += [f"  {DATA_FILES[name][0]}\n    to be saved as {path}"]
-            why = e
-    if missing:
-        die("\n".join([f"could not download ({why}); download by hand, and save each as it says:", *missing]))
+                url, sha256 = DATA_FILES[name]
+                torch.hub.download_url_to_file(url, path, hash_prefix=sha256)  # checked, then moved in place
+    except Exception as e:  # no network, a wrong address, a corrupted download
+        missing = [f"  {DATA_FILES[n][0]}\n    to be saved as {p}" for n, p in zip(names, paths)
+                   if not os.path.exists(p)]
+        die("\n".join([f"could not download ({e}); download by hand, and save each as it says:", *missing]))
     return paths
 
 def load_text(dataset):  # Shakespeare's plays, Cicero's letters out of their XML, or a text file
@@ -507,14 +526,11 @@ class Run:
             self.step, self.evals, self.losses = checkpoint["step"], checkpoint["evals"], checkpoint["losses"]
             print(wrap(f"loaded {self.path}: step {self.step}, val {self.evals[-1][2]:.4f}, trained with "
                        + changed(checkpoint["config"])))
-        try:  # a new run keeps the last run's checkpoint
-            os.makedirs(out_dir, exist_ok=True)
-            if not checkpoint and os.path.exists(self.path):
-                os.makedirs(os.path.join(out_dir, "previous"), exist_ok=True)
-                shutil.copy(self.path, os.path.join(out_dir, "previous"))
-                print(f"(the last run's checkpoint is copied to {out_dir}/previous/{SCRIPT}.pt)")
-        except OSError as e:
-            die(f"could not write in out_dir={out_dir!r} ({e.strerror})")
+        os.makedirs(out_dir, exist_ok=True)
+        if not checkpoint and os.path.exists(self.path):  # a new run keeps the last run's checkpoint
+            os.makedirs(os.path.join(out_dir, "previous"), exist_ok=True)
+            shutil.copy(self.path, os.path.join(out_dir, "previous"))
+            print(f"(the last run's checkpoint is copied to {out_dir}/previous/{SCRIPT}.pt)")
         KEPT["step"] = checkpoint and self.step
         self.first, self.began, self.last = self.step, time.time(), time.time()
 

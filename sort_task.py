@@ -20,9 +20,6 @@ Expect: MEASURE
 import hashlib
 import itertools
 import math
-import os
-import sys
-import time
 from contextlib import nullcontext
 
 import torch
@@ -54,7 +51,6 @@ log_interval = 50  # steps between progress lines
 out_dir = "out"  # for the checkpoint and the pictures
 resume = False  # go on from out_dir/sort_task.pt
 start = ""  # digits to sort after training, e.g. 210210; empty: a held-out input
-DEFAULTS = {k: v for k, v in globals().items() if k[0].islower() and isinstance(v, (int, float, str))}
 
 # ---------------------------------------------------------------------------------------------- data
 def held_out(digits):
@@ -94,9 +90,11 @@ def examples(inputs):
     y[:, : length - 1] = -100  # cross_entropy's ignore_index
     return x, y
 
-# a digit is its own token: encode("2104") is [2, 1, 0, 4]
-encode = lambda s: [int(c) for c in s]  # noqa: E731
-decode = lambda ids: "".join(map(str, ids))  # noqa: E731
+def encode(s):  # a digit is its own token: "2104" -> [2, 1, 0, 4]
+    return [int(c) for c in s]
+
+def decode(ids):  # [2, 1, 0, 4] -> "2104"
+    return "".join(map(str, ids))
 
 # --------------------------------------------------------------------------------------------- model
 class CausalSelfAttention(nn.Module):
@@ -251,15 +249,14 @@ def get_batch(split, generator=None):
     return x.to(device), y.to(device)
 
 @torch.no_grad()
-def estimate_loss(model, ctx):
+def estimate_loss(model):
     """The mean loss of eval_iters batches of each side of the split: the same batches at every call."""
     out = {}
     model.eval()
     for split in ("train", "val"):
         generator = torch.Generator().manual_seed(seed)
-        with ctx:
-            losses = [model(*get_batch(split, generator))[1].item() for _ in range(eval_iters)]
-            out[split] = sum(losses) / eval_iters
+        losses = [model(*get_batch(split, generator))[1].item() for _ in range(eval_iters)]
+        out[split] = sum(losses) / eval_iters
     model.train()
     return out
 
@@ -296,7 +293,9 @@ def train(model, optimizers, held, run):
         if iter % eval_interval == 0 or iter == max_iters:
             run.evaluating(iter)
             accuracy, _ = sort_accuracy(model, held)
-            run.evaluated(iter, estimate_loss(model, ctx), f"held-out sorted {accuracy:.2%}")
+            with ctx:
+                losses = estimate_loss(model)
+            run.evaluated(iter, losses, f"held-out sorted {accuracy:.2%}")
         if iter == max_iters:
             break
         torch.manual_seed(seed + 1_000_003 * iter)  # the step's batch and dropout, from seed and step alone
@@ -374,9 +373,13 @@ def main():
     draw_attention(weights, labels)
 
 # ===================================================================================================
-# Plumbing, the same in every script: settings, errors, data files, checkpoints, progress, pictures.
+# Plumbing, each block the same in every script that needs it: settings, errors, data files,
+# checkpoints, progress lines, pictures. The lesson is above.
 # ===================================================================================================
-import difflib, re, shutil, textwrap  # noqa: E401,E402  the plumbing's own
+import difflib, os, re, shutil, sys, textwrap, time  # noqa: E401,E402  the plumbing's own
+
+# every lower-case global of the hyperparameters is a setting, with its value there: name=value
+DEFAULTS = {k: v for k, v in globals().items() if k[0].islower() and isinstance(v, (int, float, str))}
 
 SCRIPT = "sort_task"
 NOTEBOOK = "__file__" not in globals()  # pasted into a cell: no file, and sys.argv is the kernel's
@@ -502,14 +505,11 @@ class Run:
             self.step, self.evals, self.losses = checkpoint["step"], checkpoint["evals"], checkpoint["losses"]
             print(wrap(f"loaded {self.path}: step {self.step}, val {self.evals[-1][2]:.4f}, trained with "
                        + changed(checkpoint["config"])))
-        try:  # a new run keeps the last run's checkpoint
-            os.makedirs(out_dir, exist_ok=True)
-            if not checkpoint and os.path.exists(self.path):
-                os.makedirs(os.path.join(out_dir, "previous"), exist_ok=True)
-                shutil.copy(self.path, os.path.join(out_dir, "previous"))
-                print(f"(the last run's checkpoint is copied to {out_dir}/previous/{SCRIPT}.pt)")
-        except OSError as e:
-            die(f"could not write in out_dir={out_dir!r} ({e.strerror})")
+        os.makedirs(out_dir, exist_ok=True)
+        if not checkpoint and os.path.exists(self.path):  # a new run keeps the last run's checkpoint
+            os.makedirs(os.path.join(out_dir, "previous"), exist_ok=True)
+            shutil.copy(self.path, os.path.join(out_dir, "previous"))
+            print(f"(the last run's checkpoint is copied to {out_dir}/previous/{SCRIPT}.pt)")
         KEPT["step"] = checkpoint and self.step
         self.first, self.began, self.last = self.step, time.time(), time.time()
 

@@ -35,29 +35,32 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-# ----------------------------------------------------------------------------------- hyperparameters
+# ------------------------------------------------------ hyperparameters: the lecture's sizes, step 3's recipe
 batch_size = 64  # how many independent sequences will we process in parallel?
 block_size = 256  # what is the maximum context length for predictions? In tokens
 max_iters = 5000  # steps of the optimizers
 eval_interval = 500  # steps between evaluations, and checkpoints
 learning_rate = 1e-3  # the peak, after warm-up: Muon's and AdamW's
-min_lr = 1e-4  # where cosine decay ends, at max_iters; = learning_rate: constant
-warmup_iters = 100  # steps of linear warm-up; 0: none
 device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-eval_iters = 200  # train batches a loss estimate (the val loss reads all of val)
+eval_iters = 200  # train batches per loss estimate (the val loss reads all of val)
 n_embd = 384  # the width of each position's vector
-n_head = 6  # heads a block, each n_embd // n_head wide
+n_head = 6  # heads per block, each n_embd // n_head wide
 n_layer = 6  # blocks
 dropout = 0.2  # the share zeroed while training, 0 to < 1
+# ... step 3's changes, each with the value that takes it back
+min_lr = 1e-4  # where cosine decay ends, at max_iters; = learning_rate: constant
+warmup_iters = 100  # steps of linear warm-up; 0: none
+grad_clip = 1.0  # the largest gradient norm; 0: no clipping
 optimizer = "muon"  # muon: Muon for the blocks' matrices, AdamW the rest | adamw: AdamW for all
 weight_decay = 0.1  # on matrices only
-grad_clip = 1.0  # the largest gradient norm; 0: no clipping
 tie = True  # the output layer is the token embedding's matrix; false: a matrix of its own
 init = "gpt2"  # gpt2: normal(0, 0.02), projections to the residual smaller | pytorch: PyTorch's
-dataset = "atticus"  # or shakespeare, or the path of a UTF-8 text
+# ... the tokens
 tokenizer = "tiktoken"  # GPT-2's BPE: tiktoken, or scratch (GPT2Tokenizer) | trained: learned here
 vocab_size = 2048  # tokenizer=trained: the 256 bytes, then a merge each
 compact_vocab = True  # embed only the ids of the training text and the 256 bytes
+# ... and the run's
+dataset = "atticus"  # or shakespeare, or the path of a UTF-8 text
 seed = 1337  # same seed and device, same losses
 log_interval = 50  # steps between progress lines
 out_dir = "out"  # for the checkpoint and the pictures
@@ -446,8 +449,9 @@ def train(model, optimizers, train_data, val_data, run, characters):
     ctx, scaler = autocast()
     for iter in range(run.step, max_iters + 1):
 
-        # every once in a while evaluate the loss on train and val sets (and after the last step)
-        if iter % eval_interval == 0 or iter == max_iters:
+        # every once in a while evaluate the loss on train and val sets (after the last step too; a resumed
+        # run's first step has its evaluation in the checkpoint)
+        if (iter % eval_interval == 0 or iter == max_iters) and iter != run.resumed:
             run.evaluating(iter)
             with ctx:
                 losses = estimate_loss(model, train_data, val_data)
@@ -486,8 +490,8 @@ def sample(model, encode):  # the prompt start=, continued by max_new_tokens tok
 
 # ---------------------------------------------------------------------------------------------- main
 def main():
-    checkpoint = configure(device=dict(cpu=LAPTOP, mps=LAPTOP))  # after main(), as is all it calls but
-    torch.manual_seed(seed)  # the lesson above
+    checkpoint = configure(device=dict(cpu=LAPTOP, mps=LAPTOP))  # these functions (configure, data_files,
+    torch.manual_seed(seed)  # load_text, check_data, Run) are below main()
     needed = [TEXTS[dataset]] if dataset in TEXTS else []
     if tokenizer != "trained":
         needed += GPT2  # GPT-2's ids and merges
@@ -509,15 +513,17 @@ def main():
     check_data(train_data, val_data)
     model = GPT(len(ids), block_size, n_embd, n_head, n_layer, dropout).to(device)
     tokens = len(train_data) + len(val_data)
-    print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters | device {device} | "
+    print(f"{sum(p.numel() for p in model.parameters()):,} parameters | device {device} | "
           f"{dataset}: {len(text):,} characters, {len(val_text):,} characters to validate")
-    print(f"{tokens:,} tokens of {tokenizer}, {len(ids)} distinct, {len(text) / tokens:.2f} characters each")
+    print(f"{tokens:,} tokens ({tokenizer}), {len(ids):,} distinct, {len(text) / tokens:.2f} characters each")
     optimizers = make_optimizers(model)
     run = Run(checkpoint, {"ids": ids, "merges": merges}, model, *optimizers)
     if run.step < max_iters:
         train(model, optimizers, train_data, val_data, run, len(val_text))
         run.plot()
-    print(f"--- sample, temperature {temperature} ---\n{decode(sample(model, encode))}")
+    # generate from the model
+    ids = sample(model, encode)
+    print(f"--- sample, temperature {temperature} ---\n{decode(ids)}")
 
 # ===================================================================================================
 # Plumbing, each block the same in every script that needs it: settings, errors, data files,
@@ -536,7 +542,8 @@ KEPT = {}  # the step of this run that out_dir/SCRIPT.pt holds: what Ctrl-C says
 
 def problems():  # what this script's settings cannot be
     return [said for bad, said in [
-        (dataset not in TEXTS and not os.path.isfile(dataset), f"dataset={dataset!r} is no file"),
+        (dataset not in TEXTS and not os.path.isfile(dataset),
+         f"dataset={dataset!r} is not {' or '.join(TEXTS)}, nor a file"),
         (tokenizer not in ("tiktoken", "scratch", "trained"),
          f"tokenizer={tokenizer!r} is not tiktoken, scratch or trained"),
         (vocab_size < 256, f"vocab_size={vocab_size} is less than the 256 bytes"),
@@ -551,9 +558,11 @@ def problems():  # what this script's settings cannot be
     ] if bad]
 
 def die(said, status=1):  # one sentence and a non-zero exit status; in a notebook, the cell's error
+    first, *more = f"{SCRIPT}: {said}".split("\n")
+    said = "\n".join([wrap(first), *more])  # in lines of at most 110 characters
     if NOTEBOOK:
-        raise Stopped(f"{SCRIPT}: {said}") from None
-    print(f"{SCRIPT}: {said}", file=sys.stderr)
+        raise Stopped(said) from None
+    print(said, file=sys.stderr)
     sys.exit(status)
 
 class Stopped(Exception):
@@ -709,34 +718,38 @@ class Run:
                     now = optimizer.state_dict()["param_groups"]  # this run's learning rate, weight decay...
                     optimizer.load_state_dict({**state, "param_groups": now})
             except (RuntimeError, ValueError, KeyError) as e:  # sizes, or a text, that do not fit
-                die(f"{self.path} does not fit these settings ({str(e).splitlines()[0]}): it had "
-                    + listed({k: v for k, v in checkpoint["config"].items() if v != globals()[k]}))
+                why = e if isinstance(e, ValueError) else "other sizes"
+                die(f"{self.path} does not fit these settings ({why}); it was trained with "
+                    + changed(checkpoint["config"]))
             self.step, self.evals, self.losses = checkpoint["step"], checkpoint["evals"], checkpoint["losses"]
             print(wrap(f"loaded {self.path}: step {self.step}, val {self.evals[-1][2]:.4f}, trained with "
                        + changed(checkpoint["config"])))
-        os.makedirs(out_dir, exist_ok=True)
-        if not checkpoint and os.path.exists(self.path):  # a new run keeps the last run's checkpoint
-            os.makedirs(os.path.join(out_dir, "previous"), exist_ok=True)
-            shutil.copy(self.path, os.path.join(out_dir, "previous"))
-            print(f"(the last run's checkpoint is copied to {out_dir}/previous/{SCRIPT}.pt)")
-        KEPT["step"] = checkpoint and self.step
-        self.first, self.began, self.last = self.step, time.time(), time.time()
+        try:  # a folder to write in, found now rather than at the first checkpoint
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as e:
+            die(f"out_dir={out_dir!r} is not a folder this script can write in ({e.strerror})")
+        self.resumed, self.began, self.last = checkpoint and self.step, time.time(), time.time()
+        KEPT["step"] = self.resumed
 
     def stepped(self, step, loss, tokens):  # every log_interval steps, and the first: a progress line
-        if (step % log_interval == 0 or step == self.first + 1) and step % eval_interval and step < max_iters:
+        first = step == (self.resumed or 0) + 1
+        if (step % log_interval == 0 or first) and step % eval_interval and step < max_iters:
             self.losses.append((step, loss.item()))
-            speed = tokens * (step - self.step) / (time.time() - self.last)
-            print(f"step {step}/{max_iters} | loss {loss.item():.4f} | {speed:,.0f} tok/s", self.clock(step))
-            self.step, self.last = step, time.time()
+            print(f"step {step}/{max_iters} | loss {loss.item():.4f} |", self.pace(step, tokens))
 
     def evaluating(self, step):
         print(f"step {step}/{max_iters} | evaluating:", end=" ", flush=True)  # it may take a while
+        self.told = self.pace(step)
 
     def evaluated(self, step, losses, more):  # the line, and (once a step is trained) a checkpoint
-        print(f"train {losses['train']:.4f} | val {losses['val']:.4f} | {more}", self.clock(step))
-        self.evals = [e for e in self.evals if e[0] < step] + [(step, losses["train"], losses["val"])]
-        self.step, self.last = step, time.time()
+        print(f"train {losses['train']:.4f} | val {losses['val']:.4f} | {more} | {self.told}")
+        self.evals.append((step, losses["train"], losses["val"]))
+        self.last = time.time()  # the pace of the steps to come, without the evaluation's time
         vocab, model, optimizers = self.parts
+        if step and not KEPT["step"] and os.path.exists(self.path):  # a new run's first: keep the last one's
+            os.makedirs(os.path.join(out_dir, "previous"), exist_ok=True)
+            os.replace(self.path, os.path.join(out_dir, "previous", f"{SCRIPT}.pt"))
+            print(f"(the last run's checkpoint is now {out_dir}/previous/{SCRIPT}.pt)")
         try:  # to a temporary file, then renamed: never half a checkpoint (step 0's: a test of out_dir)
             torch.save({"script": SCRIPT, "config": {k: globals()[k] for k in DEFAULTS}, "vocab": vocab,
                         "step": step, "evals": self.evals, "losses": self.losses, "model": model.state_dict(),
@@ -747,9 +760,13 @@ class Run:
             if os.path.exists(self.path + ".tmp"):
                 os.remove(self.path + ".tmp")
 
-    def clock(self, step):  # the time spent, and the time left at this run's pace
-        spent, done = time.time() - self.began, step - self.first
-        return f"| {clock(spent)}" + (f" | {clock(spent / done * (max_iters - step))} left" if done else "")
+    def pace(self, step, tokens=0):  # tokens per second, time spent, and time left, at the recent pace
+        now, steps = time.time(), step - self.step
+        said = f"{tokens * steps / (now - self.last):,.0f} tok/s | " if tokens else ""
+        said += clock(now - self.began)
+        said += f" | {clock((now - self.last) / steps * (max_iters - step))} left" if steps else ""
+        self.step, self.last = step, now
+        return said
 
     def plot(self):  # a batch's loss at each progress line; the train and val loss at each evaluation
         if fig := figure(figsize=(6, 4)):
@@ -758,7 +775,7 @@ class Run:
             steps, train, val = zip(*self.evals)
             ax.plot(steps, train, "o-", color="C0", label="train")
             ax.plot(steps, val, "o-", color="C1", label="val")
-            ax.set(xlabel="step", ylabel="loss (nats a token)")
+            ax.set(xlabel="step", ylabel="loss (nats per token)")
             ax.set_title(wrap(f"{SCRIPT}.py " + changed({k: globals()[k] for k in DEFAULTS})), fontsize=8)
             ax.legend()
             show(fig, "loss")
@@ -784,6 +801,7 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt:
+        print(flush=True)  # after a line the evaluation left open
         die(f"interrupted; {out_dir}/{SCRIPT}.pt keeps step {KEPT['step']}: resume=true goes on from there"
             if KEPT.get("step") else "interrupted before this run's first checkpoint", 130)
     except ImportError as e:  # a package that is not installed

@@ -272,8 +272,9 @@ def train(model, optimizer, train_data, val_data, run):
     """The lecture's loop, from run.step; run (defined below main) prints it and keeps checkpoints."""
     for iter in range(run.step, max_iters + 1):
 
-        # every once in a while evaluate the loss on train and val sets (and after the last step)
-        if iter % eval_interval == 0 or iter == max_iters:
+        # every once in a while evaluate the loss on train and val sets (after the last step too; a resumed
+        # run's first step has its evaluation in the checkpoint)
+        if (iter % eval_interval == 0 or iter == max_iters) and iter != run.resumed:
             run.evaluating(iter)
             losses = estimate_loss(model, train_data, val_data)
             run.evaluated(iter, losses, f"val bpc {losses['val'] / math.log(2):.3f}")  # bits per character
@@ -326,7 +327,7 @@ def main():
     check_data(train_data, val_data, unknown=set(start) - set(chars))
     model = GPTLanguageModel(vocab_size).to(device)
     # print the number of parameters in the model
-    print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters | device {device} | "
+    print(f"{sum(p.numel() for p in model.parameters()):,} parameters | device {device} | "
           f"{dataset}: {len(text):,} characters, {vocab_size} distinct, {len(val_data):,} to validate")
     # create a PyTorch optimizer
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
@@ -357,7 +358,8 @@ KEPT = {}  # the step of this run that out_dir/SCRIPT.pt holds: what Ctrl-C says
 
 def problems():  # what this script's settings cannot be
     return [said for bad, said in [
-        (dataset not in TEXTS and not os.path.isfile(dataset), f"dataset={dataset!r} is no file"),
+        (dataset not in TEXTS and not os.path.isfile(dataset),
+         f"dataset={dataset!r} is not {' or '.join(TEXTS)}, nor a file"),
         (lecture not in ("", *LECTURE), f"lecture={lecture!r} is not one of {', '.join(LECTURE)}"),
         (min(batch_size, block_size, n_embd, n_head, eval_interval, eval_iters, log_interval) < 1,
          "batch_size, block_size, n_embd, n_head, eval_interval, eval_iters, log_interval: 1 or more"),
@@ -367,9 +369,11 @@ def problems():  # what this script's settings cannot be
     ] if bad]
 
 def die(said, status=1):  # one sentence and a non-zero exit status; in a notebook, the cell's error
+    first, *more = f"{SCRIPT}: {said}".split("\n")
+    said = "\n".join([wrap(first), *more])  # in lines of at most 110 characters
     if NOTEBOOK:
-        raise Stopped(f"{SCRIPT}: {said}") from None
-    print(f"{SCRIPT}: {said}", file=sys.stderr)
+        raise Stopped(said) from None
+    print(said, file=sys.stderr)
     sys.exit(status)
 
 class Stopped(Exception):
@@ -521,34 +525,38 @@ class Run:
                     now = optimizer.state_dict()["param_groups"]  # this run's learning rate, weight decay...
                     optimizer.load_state_dict({**state, "param_groups": now})
             except (RuntimeError, ValueError, KeyError) as e:  # sizes, or a text, that do not fit
-                die(f"{self.path} does not fit these settings ({str(e).splitlines()[0]}): it had "
-                    + listed({k: v for k, v in checkpoint["config"].items() if v != globals()[k]}))
+                why = e if isinstance(e, ValueError) else "other sizes"
+                die(f"{self.path} does not fit these settings ({why}); it was trained with "
+                    + changed(checkpoint["config"]))
             self.step, self.evals, self.losses = checkpoint["step"], checkpoint["evals"], checkpoint["losses"]
             print(wrap(f"loaded {self.path}: step {self.step}, val {self.evals[-1][2]:.4f}, trained with "
                        + changed(checkpoint["config"])))
-        os.makedirs(out_dir, exist_ok=True)
-        if not checkpoint and os.path.exists(self.path):  # a new run keeps the last run's checkpoint
-            os.makedirs(os.path.join(out_dir, "previous"), exist_ok=True)
-            shutil.copy(self.path, os.path.join(out_dir, "previous"))
-            print(f"(the last run's checkpoint is copied to {out_dir}/previous/{SCRIPT}.pt)")
-        KEPT["step"] = checkpoint and self.step
-        self.first, self.began, self.last = self.step, time.time(), time.time()
+        try:  # a folder to write in, found now rather than at the first checkpoint
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as e:
+            die(f"out_dir={out_dir!r} is not a folder this script can write in ({e.strerror})")
+        self.resumed, self.began, self.last = checkpoint and self.step, time.time(), time.time()
+        KEPT["step"] = self.resumed
 
     def stepped(self, step, loss, tokens):  # every log_interval steps, and the first: a progress line
-        if (step % log_interval == 0 or step == self.first + 1) and step % eval_interval and step < max_iters:
+        first = step == (self.resumed or 0) + 1
+        if (step % log_interval == 0 or first) and step % eval_interval and step < max_iters:
             self.losses.append((step, loss.item()))
-            speed = tokens * (step - self.step) / (time.time() - self.last)
-            print(f"step {step}/{max_iters} | loss {loss.item():.4f} | {speed:,.0f} tok/s", self.clock(step))
-            self.step, self.last = step, time.time()
+            print(f"step {step}/{max_iters} | loss {loss.item():.4f} |", self.pace(step, tokens))
 
     def evaluating(self, step):
         print(f"step {step}/{max_iters} | evaluating:", end=" ", flush=True)  # it may take a while
+        self.told = self.pace(step)
 
     def evaluated(self, step, losses, more):  # the line, and (once a step is trained) a checkpoint
-        print(f"train {losses['train']:.4f} | val {losses['val']:.4f} | {more}", self.clock(step))
-        self.evals = [e for e in self.evals if e[0] < step] + [(step, losses["train"], losses["val"])]
-        self.step, self.last = step, time.time()
+        print(f"train {losses['train']:.4f} | val {losses['val']:.4f} | {more} | {self.told}")
+        self.evals.append((step, losses["train"], losses["val"]))
+        self.last = time.time()  # the pace of the steps to come, without the evaluation's time
         vocab, model, optimizers = self.parts
+        if step and not KEPT["step"] and os.path.exists(self.path):  # a new run's first: keep the last one's
+            os.makedirs(os.path.join(out_dir, "previous"), exist_ok=True)
+            os.replace(self.path, os.path.join(out_dir, "previous", f"{SCRIPT}.pt"))
+            print(f"(the last run's checkpoint is now {out_dir}/previous/{SCRIPT}.pt)")
         try:  # to a temporary file, then renamed: never half a checkpoint (step 0's: a test of out_dir)
             torch.save({"script": SCRIPT, "config": {k: globals()[k] for k in DEFAULTS}, "vocab": vocab,
                         "step": step, "evals": self.evals, "losses": self.losses, "model": model.state_dict(),
@@ -559,9 +567,13 @@ class Run:
             if os.path.exists(self.path + ".tmp"):
                 os.remove(self.path + ".tmp")
 
-    def clock(self, step):  # the time spent, and the time left at this run's pace
-        spent, done = time.time() - self.began, step - self.first
-        return f"| {clock(spent)}" + (f" | {clock(spent / done * (max_iters - step))} left" if done else "")
+    def pace(self, step, tokens=0):  # tokens per second, time spent, and time left, at the recent pace
+        now, steps = time.time(), step - self.step
+        said = f"{tokens * steps / (now - self.last):,.0f} tok/s | " if tokens else ""
+        said += clock(now - self.began)
+        said += f" | {clock((now - self.last) / steps * (max_iters - step))} left" if steps else ""
+        self.step, self.last = step, now
+        return said
 
     def plot(self):  # a batch's loss at each progress line; the train and val loss at each evaluation
         if fig := figure(figsize=(6, 4)):
@@ -570,7 +582,7 @@ class Run:
             steps, train, val = zip(*self.evals)
             ax.plot(steps, train, "o-", color="C0", label="train")
             ax.plot(steps, val, "o-", color="C1", label="val")
-            ax.set(xlabel="step", ylabel="loss (nats a token)")
+            ax.set(xlabel="step", ylabel="loss (nats per token)")
             ax.set_title(wrap(f"{SCRIPT}.py " + changed({k: globals()[k] for k in DEFAULTS})), fontsize=8)
             ax.legend()
             show(fig, "loss")
@@ -592,7 +604,7 @@ def show(fig, name):  # to out_dir/SCRIPT_NAME.png, and in a notebook to the cel
         from IPython.display import Image, display
         display(Image(filename=path))
 
-def draw_attention(weights, labels):  # a heat map a head: row t is what position t attends to
+def draw_attention(weights, labels):  # a heat map per head: row t is what position t attends to
     labels = [{"\n": "\\n", " ": "␣"}.get(c, c) for c in labels]
     rows, cols = (1, len(weights)) if len(weights) <= 3 else (2, math.ceil(len(weights) / 2))
     if fig := figure(figsize=(1 + 4 * cols, 4 * rows), layout="constrained"):
@@ -609,6 +621,7 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt:
+        print(flush=True)  # after a line the evaluation left open
         die(f"interrupted; {out_dir}/{SCRIPT}.pt keeps step {KEPT['step']}: resume=true goes on from there"
             if KEPT.get("step") else "interrupted before this run's first checkpoint", 130)
     except ImportError as e:  # a package that is not installed

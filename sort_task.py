@@ -36,9 +36,9 @@ learning_rate = 3e-3  # the peak, after warm-up: Muon's and AdamW's
 min_lr = 0.0  # where cosine decay ends, at max_iters; = learning_rate: constant
 warmup_iters = 50  # steps of linear warm-up; 0: none
 device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-eval_iters = 10  # batches a loss estimate
+eval_iters = 10  # batches per loss estimate
 n_embd = 64  # the width of each position's vector
-n_head = 4  # heads a block, each n_embd // n_head wide
+n_head = 4  # heads per block, each n_embd // n_head wide
 n_layer = 2  # blocks
 dropout = 0.1  # the share zeroed while training, 0 to < 1
 optimizer = "muon"  # muon: Muon for the blocks' matrices, AdamW the rest | adamw: AdamW for all
@@ -290,7 +290,7 @@ def train(model, optimizers, held, run):
     """Step 3's loop; an evaluation also sorts the held-out inputs."""
     ctx, scaler = autocast()
     for iter in range(run.step, max_iters + 1):
-        if iter % eval_interval == 0 or iter == max_iters:
+        if (iter % eval_interval == 0 or iter == max_iters) and iter != run.resumed:
             run.evaluating(iter)
             accuracy, _ = sort_accuracy(model, held)
             with ctx:
@@ -336,8 +336,8 @@ def last_block_attention(model, idx):
 def print_attention(weights, labels, row):
     """The attention as text, a shade per weight: ' ' is 0 (the future), '.' up to 1/9, ... '@' up to 1."""
     shades = " .:-=+*#%@"
-    print(f"the last block's attention while sorting {labels[:length]}: row t attends to 0..t, each weight "
-          f"a shade of {shades!r} from 0 to 1; -> marks the row that writes the middle digit")
+    print(f"the last block's attention while sorting {labels[:length]}: row t attends to 0..t, each weight a "
+          f"shade\nof {shades!r} from 0 to 1; -> marks the row that writes the middle digit")
     for h in range(len(weights)):
         print(f"head {h}   " + " ".join(labels))
         for t, label in enumerate(labels):
@@ -346,7 +346,7 @@ def print_attention(weights, labels, row):
 
 # ---------------------------------------------------------------------------------------------- main
 def main():
-    checkpoint = configure()  # after main(), as is all it calls but the lesson above
+    checkpoint = configure()  # these functions (configure, Run, draw_attention) are below main()
     torch.manual_seed(seed)
     held, seen = input_set(held=True), input_set(held=False)
     model = GPT(num_digits, 2 * length - 1, n_embd, n_head, n_layer, dropout).to(device)
@@ -405,9 +405,11 @@ def problems():  # what this script's settings cannot be
     ] if bad]
 
 def die(said, status=1):  # one sentence and a non-zero exit status; in a notebook, the cell's error
+    first, *more = f"{SCRIPT}: {said}".split("\n")
+    said = "\n".join([wrap(first), *more])  # in lines of at most 110 characters
     if NOTEBOOK:
-        raise Stopped(f"{SCRIPT}: {said}") from None
-    print(f"{SCRIPT}: {said}", file=sys.stderr)
+        raise Stopped(said) from None
+    print(said, file=sys.stderr)
     sys.exit(status)
 
 class Stopped(Exception):
@@ -500,34 +502,38 @@ class Run:
                     now = optimizer.state_dict()["param_groups"]  # this run's learning rate, weight decay...
                     optimizer.load_state_dict({**state, "param_groups": now})
             except (RuntimeError, ValueError, KeyError) as e:  # sizes, or a text, that do not fit
-                die(f"{self.path} does not fit these settings ({str(e).splitlines()[0]}): it had "
-                    + listed({k: v for k, v in checkpoint["config"].items() if v != globals()[k]}))
+                why = e if isinstance(e, ValueError) else "other sizes"
+                die(f"{self.path} does not fit these settings ({why}); it was trained with "
+                    + changed(checkpoint["config"]))
             self.step, self.evals, self.losses = checkpoint["step"], checkpoint["evals"], checkpoint["losses"]
             print(wrap(f"loaded {self.path}: step {self.step}, val {self.evals[-1][2]:.4f}, trained with "
                        + changed(checkpoint["config"])))
-        os.makedirs(out_dir, exist_ok=True)
-        if not checkpoint and os.path.exists(self.path):  # a new run keeps the last run's checkpoint
-            os.makedirs(os.path.join(out_dir, "previous"), exist_ok=True)
-            shutil.copy(self.path, os.path.join(out_dir, "previous"))
-            print(f"(the last run's checkpoint is copied to {out_dir}/previous/{SCRIPT}.pt)")
-        KEPT["step"] = checkpoint and self.step
-        self.first, self.began, self.last = self.step, time.time(), time.time()
+        try:  # a folder to write in, found now rather than at the first checkpoint
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as e:
+            die(f"out_dir={out_dir!r} is not a folder this script can write in ({e.strerror})")
+        self.resumed, self.began, self.last = checkpoint and self.step, time.time(), time.time()
+        KEPT["step"] = self.resumed
 
     def stepped(self, step, loss, tokens):  # every log_interval steps, and the first: a progress line
-        if (step % log_interval == 0 or step == self.first + 1) and step % eval_interval and step < max_iters:
+        first = step == (self.resumed or 0) + 1
+        if (step % log_interval == 0 or first) and step % eval_interval and step < max_iters:
             self.losses.append((step, loss.item()))
-            speed = tokens * (step - self.step) / (time.time() - self.last)
-            print(f"step {step}/{max_iters} | loss {loss.item():.4f} | {speed:,.0f} tok/s", self.clock(step))
-            self.step, self.last = step, time.time()
+            print(f"step {step}/{max_iters} | loss {loss.item():.4f} |", self.pace(step, tokens))
 
     def evaluating(self, step):
         print(f"step {step}/{max_iters} | evaluating:", end=" ", flush=True)  # it may take a while
+        self.told = self.pace(step)
 
     def evaluated(self, step, losses, more):  # the line, and (once a step is trained) a checkpoint
-        print(f"train {losses['train']:.4f} | val {losses['val']:.4f} | {more}", self.clock(step))
-        self.evals = [e for e in self.evals if e[0] < step] + [(step, losses["train"], losses["val"])]
-        self.step, self.last = step, time.time()
+        print(f"train {losses['train']:.4f} | val {losses['val']:.4f} | {more} | {self.told}")
+        self.evals.append((step, losses["train"], losses["val"]))
+        self.last = time.time()  # the pace of the steps to come, without the evaluation's time
         vocab, model, optimizers = self.parts
+        if step and not KEPT["step"] and os.path.exists(self.path):  # a new run's first: keep the last one's
+            os.makedirs(os.path.join(out_dir, "previous"), exist_ok=True)
+            os.replace(self.path, os.path.join(out_dir, "previous", f"{SCRIPT}.pt"))
+            print(f"(the last run's checkpoint is now {out_dir}/previous/{SCRIPT}.pt)")
         try:  # to a temporary file, then renamed: never half a checkpoint (step 0's: a test of out_dir)
             torch.save({"script": SCRIPT, "config": {k: globals()[k] for k in DEFAULTS}, "vocab": vocab,
                         "step": step, "evals": self.evals, "losses": self.losses, "model": model.state_dict(),
@@ -538,9 +544,13 @@ class Run:
             if os.path.exists(self.path + ".tmp"):
                 os.remove(self.path + ".tmp")
 
-    def clock(self, step):  # the time spent, and the time left at this run's pace
-        spent, done = time.time() - self.began, step - self.first
-        return f"| {clock(spent)}" + (f" | {clock(spent / done * (max_iters - step))} left" if done else "")
+    def pace(self, step, tokens=0):  # tokens per second, time spent, and time left, at the recent pace
+        now, steps = time.time(), step - self.step
+        said = f"{tokens * steps / (now - self.last):,.0f} tok/s | " if tokens else ""
+        said += clock(now - self.began)
+        said += f" | {clock((now - self.last) / steps * (max_iters - step))} left" if steps else ""
+        self.step, self.last = step, now
+        return said
 
     def plot(self):  # a batch's loss at each progress line; the train and val loss at each evaluation
         if fig := figure(figsize=(6, 4)):
@@ -549,7 +559,7 @@ class Run:
             steps, train, val = zip(*self.evals)
             ax.plot(steps, train, "o-", color="C0", label="train")
             ax.plot(steps, val, "o-", color="C1", label="val")
-            ax.set(xlabel="step", ylabel="loss (nats a token)")
+            ax.set(xlabel="step", ylabel="loss (nats per token)")
             ax.set_title(wrap(f"{SCRIPT}.py " + changed({k: globals()[k] for k in DEFAULTS})), fontsize=8)
             ax.legend()
             show(fig, "loss")
@@ -571,7 +581,7 @@ def show(fig, name):  # to out_dir/SCRIPT_NAME.png, and in a notebook to the cel
         from IPython.display import Image, display
         display(Image(filename=path))
 
-def draw_attention(weights, labels):  # a heat map a head: row t is what position t attends to
+def draw_attention(weights, labels):  # a heat map per head: row t is what position t attends to
     labels = [{"\n": "\\n", " ": "␣"}.get(c, c) for c in labels]
     rows, cols = (1, len(weights)) if len(weights) <= 3 else (2, math.ceil(len(weights) / 2))
     if fig := figure(figsize=(1 + 4 * cols, 4 * rows), layout="constrained"):
@@ -588,6 +598,7 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt:
+        print(flush=True)  # after a line the evaluation left open
         die(f"interrupted; {out_dir}/{SCRIPT}.pt keeps step {KEPT['step']}: resume=true goes on from there"
             if KEPT.get("step") else "interrupted before this run's first checkpoint", 130)
     except ImportError as e:  # a package that is not installed

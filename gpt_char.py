@@ -338,7 +338,7 @@ def main():
     # generate from the model
     ids = sample(model, encode)
     print(f"--- sample, temperature {temperature} ---\n{decode(ids)}")
-    ids = ids[:min(40, block_size)]  # where does the last block look, reading the sample's start?
+    ids = ids[:min(32, block_size)]  # where does the last block look, reading the sample's start?
     draw_attention(last_block_attention(model, ids), decode(ids))
 
 # ===================================================================================================
@@ -611,8 +611,8 @@ def draw_attention(weights, labels):  # a heat map per head: row t is what posit
         for h in range(len(weights)):
             ax = fig.add_subplot(rows, cols, h + 1, title=f"head {h}")
             image = ax.imshow(weights[h].numpy(), vmin=0, vmax=1)
-            ax.set_xticks(range(len(labels)), labels, fontsize=min(9, 240 // len(labels)))
-            ax.set_yticks(range(len(labels)), labels, fontsize=min(9, 240 // len(labels)))
+            ax.set_xticks(range(len(labels)), labels, fontsize=min(9, 200 // len(labels)))
+            ax.set_yticks(range(len(labels)), labels, fontsize=min(9, 200 // len(labels)))
         fig.colorbar(image, ax=fig.axes, shrink=0.6, label="attention weight")
         fig.suptitle(f"{SCRIPT}.py: what the last block's heads attend to (a row: the position reading)")
         show(fig, "attention")

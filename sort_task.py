@@ -588,8 +588,8 @@ def draw_attention(weights, labels):  # a heat map per head: row t is what posit
         for h in range(len(weights)):
             ax = fig.add_subplot(rows, cols, h + 1, title=f"head {h}")
             image = ax.imshow(weights[h].numpy(), vmin=0, vmax=1)
-            ax.set_xticks(range(len(labels)), labels, fontsize=min(9, 240 // len(labels)))
-            ax.set_yticks(range(len(labels)), labels, fontsize=min(9, 240 // len(labels)))
+            ax.set_xticks(range(len(labels)), labels, fontsize=min(9, 200 // len(labels)))
+            ax.set_yticks(range(len(labels)), labels, fontsize=min(9, 200 // len(labels)))
         fig.colorbar(image, ax=fig.axes, shrink=0.6, label="attention weight")
         fig.suptitle(f"{SCRIPT}.py: what the last block's heads attend to (a row: the position reading)")
         show(fig, "attention")

@@ -12,7 +12,8 @@ Run:   python gpt_char.py                  tinyshakespeare (dataset=atticus: Cic
        python -m doctest -v gpt_char.py    the mathematical trick in self-attention, three ways
        python gpt_char.py --help           every setting, its value here and its meaning
 
-Expect: val loss MEASURE in MEASURE s on 2 cores of an AMD EPYC CPU, and a sample that looks like a play.
+Expect: val loss 1.706 (2.46 bits per character) in 207 s on 2 cores of an AMD EPYC CPU, and a sample that
+looks like a play.
 """
 
 import math
@@ -409,7 +410,8 @@ def configure(**presets):
         said.append(f"device={device!r} is not a device of this machine")
     if said:
         die(said[0], 2)
-    print(*told, sep="\n") if told else None
+    for line in told:
+        print(line)
     torch.backends.cuda.matmul.allow_tf32 = True  # on a CUDA GPU: TF32 matrix products, much faster
     return checkpoint
 
@@ -588,7 +590,7 @@ class Run:
             show(fig, "loss")
 
 def clock(seconds):
-    return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
+    return f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
 
 def figure(**kwargs):  # not pyplot's, which a notebook's backend would draw twice
     try:

@@ -42,10 +42,14 @@ TINY = {  # settings small enough that a whole run takes a second or two
 }
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # threads that never fight
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-EVAL = re.compile(r"^step (\d+)/(\d+) \| evaluating: train ([\d.]+) \| val ([\d.]+) \| "
-                  r"(?:val bpc ([\d.]+)|held-out sorted ([\d.]+)%) \| \d+m\d\ds(?: \| \d+m\d\ds left)?$", re.M)
-PROGRESS = re.compile(r"^step (\d+)/\d+ \| loss ([\d.]+) \| ([\d,]+) tok/s \| \d+m\d\ds \| \d+m\d\ds left$",
-                      re.M)
+EVAL = re.compile(
+    r"^step (\d+)/(\d+) \| evaluating: train ([\d.]+) \| val ([\d.]+) \| "
+    r"(?:val bpc ([\d.]+)|held-out sorted ([\d.]+)%) \| \d+m\d\ds(?: \| \d+m\d\ds left)?$",
+    re.M,
+)
+PROGRESS = re.compile(
+    r"^step (\d+)/\d+ \| loss ([\d.]+) \| ([\d,]+) tok/s \| \d+m\d\ds \| \d+m\d\ds left$", re.M
+)
 SAMPLE_MARK = "--- sample"
 _count = itertools.count()
 torch.set_num_threads(1)  # the runs in this process, too
@@ -53,8 +57,9 @@ torch.set_num_threads(1)  # the runs in this process, too
 
 def load(script, folder=ROOT):
     """A fresh copy of a script as a module (its main() not run), so that tests do not share globals."""
-    spec = importlib.util.spec_from_file_location(f"{script}_{next(_count)}",
-                                                  os.path.join(folder, f"{script}.py"))
+    spec = importlib.util.spec_from_file_location(
+        f"{script}_{next(_count)}", os.path.join(folder, f"{script}.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -99,8 +104,14 @@ def listing(folder):
 def one_sentence(err, script):
     """One sentence on stderr, in lines of at most 110 characters."""
     lines = err.splitlines()
-    return err.startswith(f"{script}: ") and err.count(". ") == 0 and "Traceback" not in err and \
-        err.endswith("\n") and max(map(len, lines)) <= 110 and len(lines) <= 3
+    return (
+        err.startswith(f"{script}: ")
+        and err.count(". ") == 0
+        and "Traceback" not in err
+        and err.endswith("\n")
+        and max(map(len, lines)) <= 110
+        and len(lines) <= 3
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -142,8 +153,10 @@ def test_script_end_to_end(script, tmp_path, monkeypatch, capsys):
 
 def test_same_seed_same_losses(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    first, second, other = (run("gpt_char", ["dropout=0.1", *args], monkeypatch, capsys)
-                            for args in ([], ["out_dir=o2"], ["seed=7", "out_dir=o7"]))
+    first, second, other = (
+        run("gpt_char", ["dropout=0.1", *args], monkeypatch, capsys)
+        for args in ([], ["out_dir=o2"], ["seed=7", "out_dir=o7"])
+    )
     assert first[0] == second[0] == other[0] == 0
     assert len(evals(first[1])) == 3 and evals(first[1]) == evals(second[1]) != evals(other[1])
     assert first[1].split(SAMPLE_MARK)[1] == second[1].split(SAMPLE_MARK)[1].replace("o2/", "out/")
@@ -153,9 +166,13 @@ def test_bigram_prints_the_counting_answers(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     status, out, err = run("bigram", ["max_iters=40", "eval_interval=20"], monkeypatch, capsys)
     assert status == 0, err
-    least = float(re.search(r"counting the pairs: train ([\d.]+), the least a bigram table can reach", out)[1])
+    least = float(
+        re.search(r"counting the pairs: train ([\d.]+), the least a bigram table can reach", out)[1]
+    )
     assert re.search(r"counting the pairs, with add-one smoothing: val [\d.]+", out)
-    trained = float(re.search(r"the trained table: train ([\d.]+) on every pair of the training text", out)[1])
+    trained = float(
+        re.search(r"the trained table: train ([\d.]+) on every pair of the training text", out)[1]
+    )
     assert least == pytest.approx(2.4519, abs=1e-4) and least < trained  # 40 steps get close, never below
 
 
@@ -180,8 +197,11 @@ def edited(script, **settings):
         assert n == 1, name
         laptop = source.index("LAPTOP = dict(") if "LAPTOP = dict(" in source else len(source)
         end = source.find(")\n", laptop)
-        source = source[:laptop] + re.sub(rf"\b{name}=[^,)]+", f"{name}={value!r}", source[laptop:end]) \
+        source = (
+            source[:laptop]
+            + re.sub(rf"\b{name}=[^,)]+", f"{name}={value!r}", source[laptop:end])
             + source[end:]
+        )
     return source
 
 
@@ -194,8 +214,14 @@ def notebook(script, tmp_path, *cells):
         (tmp_path / names[-1]).write_text(source, encoding="utf-8")
     if not (tmp_path / "data").exists():
         os.symlink(DATA, tmp_path / "data")
-    return subprocess.run([sys.executable, "-c", IPYTHON, *names], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=3600, env=ONE_THREAD)
+    return subprocess.run(
+        [sys.executable, "-c", IPYTHON, *names],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        env=ONE_THREAD,
+    )
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -216,12 +242,14 @@ def test_a_mistake_in_a_notebook_ends_in_its_sentence_alone(tmp_path):
     assert p.returncode == 3 and shown == "gpt_bpe: n_embd=16 is not divisible by n_head=3", shown
     p = notebook("gpt_char", tmp_path, edited("gpt_char", **TINY["gpt_char"], resume=True))
     assert p.returncode == 3 and (p.stdout + p.stderr).strip() == (
-        "gpt_char: resume=true needs a checkpoint, and there is none at out/gpt_char.pt")
+        "gpt_char: resume=true needs a checkpoint, and there is none at out/gpt_char.pt"
+    )
 
 
 def test_a_preset_in_a_notebook_sets_its_rung_and_says_so(tmp_path):
-    source = edited("gpt_char", lecture="head", max_iters=2, eval_interval=1, eval_iters=1,
-                    max_new_tokens=5).replace('"head": dict(RUNG,', '"head": dict(RUNG, max_iters=2,')
+    source = edited(
+        "gpt_char", lecture="head", max_iters=2, eval_interval=1, eval_iters=1, max_new_tokens=5
+    ).replace('"head": dict(RUNG,', '"head": dict(RUNG, max_iters=2,')
     p = notebook("gpt_char", tmp_path, source)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "lecture=head sets batch_size=32 block_size=8 max_iters=2 " in p.stdout
@@ -234,20 +262,23 @@ def test_a_real_jupyter_kernel_shows_the_pictures_in_the_cell(script, tmp_path, 
     as images, the very PNGs saved, and not as the text <Figure size ...>."""
     import nbformat
     from nbclient import NotebookClient
+
     os.symlink(DATA, tmp_path / "data")
     for name, value in ONE_THREAD.items():
         monkeypatch.setenv(name, value)
     cell = nbformat.v4.new_code_cell(edited(script, **TINY[script]))
     notebook_file = nbformat.v4.new_notebook(cells=[cell])
-    NotebookClient(notebook_file, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        notebook_file, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     outputs = notebook_file.cells[0].outputs
     images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
     text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     names = ["loss", "attention"] if script in ("gpt_char", "sort_task") else ["loss"]
     assert len(images) == len(names) and "<Figure size" not in text and "Traceback" not in text, text
     assert {sha256(tmp_path / "out" / f"{script}_{name}.png") for name in names} == {
-        hashlib.sha256(__import__("base64").b64decode(o.data["image/png"])).hexdigest() for o in images}
+        hashlib.sha256(__import__("base64").b64decode(o.data["image/png"])).hexdigest() for o in images
+    }
 
 
 # ---------------------------------------------------------------------------- settings
@@ -260,8 +291,16 @@ def configure(script, *args, monkeypatch, presets=None):
 
 
 def test_settings_take_the_type_of_the_default(monkeypatch):
-    g = configure("gpt_char", "dropout=0", "learning_rate=1", "--max_iters=3", "layernorm=FALSE", "start=ROMEO:",
-                  "residual=0", monkeypatch=monkeypatch)
+    g = configure(
+        "gpt_char",
+        "dropout=0",
+        "learning_rate=1",
+        "--max_iters=3",
+        "layernorm=FALSE",
+        "start=ROMEO:",
+        "residual=0",
+        monkeypatch=monkeypatch,
+    )
     assert (g.dropout, g.learning_rate, g.max_iters, g.layernorm, g.start) == (0.0, 1.0, 3, False, "ROMEO:")
     assert type(g.dropout) is float and type(g.max_iters) is int and g.residual is False
 
@@ -270,8 +309,11 @@ def test_the_settings_are_the_lower_case_globals_of_the_hyperparameters():
     for script in SCRIPTS:
         module = load(script)
         source = open(os.path.join(ROOT, f"{script}.py"), encoding="utf-8").read()
-        block = source[source.index("# --- hyperparameters") if False else source.index("hyperparameters"):
-                       source.index("DEFAULTS = ")]
+        block = source[
+            (
+                source.index("# --- hyperparameters") if False else source.index("hyperparameters")
+            ) : source.index("DEFAULTS = ")
+        ]
         names = re.findall(r"^([a-z]\w*) = ", block, re.M)
         assert list(module.DEFAULTS) == names, script
         assert all(isinstance(v, (bool, int, float, str)) for v in module.DEFAULTS.values())
@@ -310,8 +352,12 @@ def test_help_shows_every_setting_with_its_meaning(script, monkeypatch, capsys):
     module = load(script)
     assert status == 0 and out.startswith(module.__doc__.strip()) and "\nRun:" in out, err
     source = open(os.path.join(ROOT, f"{script}.py"), encoding="utf-8").read()
-    used = configure(script, "max_iters=3", monkeypatch=monkeypatch,
-                     presets={"device": {"cpu": module.LAPTOP}} if hasattr(module, "LAPTOP") else {})
+    used = configure(
+        script,
+        "max_iters=3",
+        monkeypatch=monkeypatch,
+        presets={"device": {"cpu": module.LAPTOP}} if hasattr(module, "LAPTOP") else {},
+    )
     for name in module.DEFAULTS:  # each as it would be used, with the comment beside it in the file
         comment = re.search(rf"^{name} = .*?  # (.*)$", source, re.M)
         meaning = f" +{re.escape(comment[1][:30])}" if comment else ""
@@ -320,27 +366,33 @@ def test_help_shows_every_setting_with_its_meaning(script, monkeypatch, capsys):
     assert max(map(len, out.splitlines())) <= 112
 
 
-@pytest.mark.parametrize("args, message", [
-    (["max_iter=3"], "unknown setting 'max_iter=3' (did you mean max_iters=...?): see --help"),
-    (["--max_iters", "3"], "unknown setting '--max_iters' (did you mean max_iters=...?)"),
-    (["max_iters"], "unknown setting 'max_iters'"),
-    (["max_iters=3.5"], "max_iters='3.5' is not a whole number"),
-    (["dropout=lots"], "dropout='lots' is not a finite number"),
-    (["temperature=nan"], "temperature='nan' is not a finite number"),
-    (["learning_rate=inf"], "learning_rate='inf' is not a finite number"),
-    (["resume=yes"], "resume='yes' is not true, false, 1 or 0"),
-    (["dataset=wikipedia"], "dataset='wikipedia' is not shakespeare or atticus, nor a file"),
-    (["lecture=attention"], "lecture='attention' is not one of head, heads, ffwd, residual, layernorm, full"),
-    (["batch_size=0"], "eval_iters, log_interval: 1 or more"),
-    (["dropout=1"], "dropout=1.0 is not below 1"),
-    (["mlp=false"], "mlp=false needs residual=false"),
-    (["top_k=-1"], "top_k=-1 is below 0"),
-    (["seed=-1"], "seed=-1 is below 0"),
-    (["start="], "start= and temperature= cannot be empty or 0"),
-    (["temperature=0"], "start= and temperature= cannot be empty or 0"),
-    (["device=gpu"], "device='gpu' is not a device of this machine"),
-    (["device=cuda:7"], "device='cuda:7' is not a device of this machine"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["max_iter=3"], "unknown setting 'max_iter=3' (did you mean max_iters=...?): see --help"),
+        (["--max_iters", "3"], "unknown setting '--max_iters' (did you mean max_iters=...?)"),
+        (["max_iters"], "unknown setting 'max_iters'"),
+        (["max_iters=3.5"], "max_iters='3.5' is not a whole number"),
+        (["dropout=lots"], "dropout='lots' is not a finite number"),
+        (["temperature=nan"], "temperature='nan' is not a finite number"),
+        (["learning_rate=inf"], "learning_rate='inf' is not a finite number"),
+        (["resume=yes"], "resume='yes' is not true, false, 1 or 0"),
+        (["dataset=wikipedia"], "dataset='wikipedia' is not shakespeare or atticus, nor a file"),
+        (
+            ["lecture=attention"],
+            "lecture='attention' is not one of head, heads, ffwd, residual, layernorm, full",
+        ),
+        (["batch_size=0"], "eval_iters, log_interval: 1 or more"),
+        (["dropout=1"], "dropout=1.0 is not below 1"),
+        (["mlp=false"], "mlp=false needs residual=false"),
+        (["top_k=-1"], "top_k=-1 is below 0"),
+        (["seed=-1"], "seed=-1 is below 0"),
+        (["start="], "start= and temperature= cannot be empty or 0"),
+        (["temperature=0"], "start= and temperature= cannot be empty or 0"),
+        (["device=gpu"], "device='gpu' is not a device of this machine"),
+        (["device=cuda:7"], "device='cuda:7' is not a device of this machine"),
+    ],
+)
 def test_a_bad_setting_exits_2_before_anything_is_read(args, message, tmp_path, monkeypatch, capsys):
     """A copy of the script alone in an empty folder: one sentence, exit status 2, nothing written or
     downloaded, nothing printed."""
@@ -385,8 +437,10 @@ def test_a_missing_data_file_is_downloaded_and_checked(server, tmp_path, capsys)
     assert listing(tmp_path / "data") == ["tinyshakespeare.txt"]  # no temporary file beside it
 
 
-@pytest.mark.parametrize("served, problem", [(b"corrupted", "invalid hash value"), (None, "404"),
-                                             ("no server", "Connection refused")])
+@pytest.mark.parametrize(
+    "served, problem",
+    [(b"corrupted", "invalid hash value"), (None, "404"), ("no server", "Connection refused")],
+)
 def test_a_failed_download_leaves_no_file_and_says_where_to_put_it(served, problem, server, tmp_path):
     root, url = server
     if served == "no server":
@@ -402,7 +456,9 @@ def test_a_failed_download_leaves_no_file_and_says_where_to_put_it(served, probl
         g.data_files("tinyshakespeare.txt")
     said = str(stop.value)
     assert said.startswith("gpt_char: could not download (") and problem in said.split("\n")[0]
-    assert said.endswith(f"\n  {url}/input.txt\n    to be saved as {tmp_path / 'data' / 'tinyshakespeare.txt'}")
+    assert said.endswith(
+        f"\n  {url}/input.txt\n    to be saved as {tmp_path / 'data' / 'tinyshakespeare.txt'}"
+    )
     assert listing(tmp_path / "data") == ["other.txt"]
 
 
@@ -412,11 +468,16 @@ def test_every_missing_data_file_is_named_at_once(tmp_path):
     proxy = f"http://127.0.0.1:{dead_port()}"  # every download goes to a proxy that nobody runs
     env = {k: v for k, v in ONE_THREAD.items() if k.lower() != "no_proxy"}
     env.update(HTTPS_PROXY=proxy, HTTP_PROXY=proxy, https_proxy=proxy, http_proxy=proxy)
-    p = subprocess.run([sys.executable, "gpt_bpe.py"], cwd=tmp_path, capture_output=True, text=True, env=env,
-                       timeout=3600)
-    assert p.returncode == 1 and p.stderr.startswith("gpt_bpe: could not download (<urlopen error") and \
-        "download by hand, and save each as it says:" in " ".join(p.stderr.split()) and \
-        "Traceback" not in p.stderr and max(map(len, p.stderr.split("\n  http")[0].splitlines())) <= 110
+    p = subprocess.run(
+        [sys.executable, "gpt_bpe.py"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=3600
+    )
+    assert (
+        p.returncode == 1
+        and p.stderr.startswith("gpt_bpe: could not download (<urlopen error")
+        and "download by hand, and save each as it says:" in " ".join(p.stderr.split())
+        and "Traceback" not in p.stderr
+        and max(map(len, p.stderr.split("\n  http")[0].splitlines())) <= 110
+    )
     for name in ("atticus.xml", "gpt2/encoder.json", "gpt2/vocab.bpe"):
         url = load("gpt_bpe").DATA_FILES[name][0]
         assert f"\n  {url}\n    to be saved as {tmp_path / 'data' / name}\n" in p.stderr
@@ -442,7 +503,8 @@ def test_atticus_parser_on_the_shipped_epidoc_file():
 
 
 def test_atticus_parser_on_hopper_markup(tmp_path):
-    (tmp_path / "hopper.xml").write_text("""<?xml version="1.0" encoding="UTF-8"?>
+    (tmp_path / "hopper.xml").write_text(
+        """<?xml version="1.0" encoding="UTF-8"?>
 <TEI.2><text><body><div1 type="book" n="1">
 <div2 type="letter" n="1"><opener><dateline>Scr. Romae
    <date>a. 689</date>.</dateline> <salute>CICERO ATTICO SAL.</salute></opener>
@@ -452,19 +514,29 @@ def test_atticus_parser_on_hopper_markup(tmp_path):
 <div2 type="letter" n="2"><opener>\
 <dateline>Scr. Romae a. 689.</dateline><salute>CICERO ATTICO SAL.</salute></opener>
 <p>L. Iulio Caesare <del>verum</del> C. Marcio Figulo consulibus filiolo me auctum scito.</p></div2>
-</div1></body></text></TEI.2>""", encoding="utf-8")
+</div1></body></text></TEI.2>""",
+        encoding="utf-8",
+    )
     assert load("gpt_char").read_atticus(str(tmp_path / "hopper.xml")) == (
         "Scr. Romae a. 689.\nCICERO ATTICO SAL.\npetitionis nostrae, quam tibi summae curae esse scio. "
         "Graece: \u1f00\u03b4\u03cd\u03bd\u03b1\u03c4\u03bf\u03bd\n\n"
         "Scr. Romae a. 689.\nCICERO ATTICO SAL.\n"
-        "L. Iulio Caesare C. Marcio Figulo consulibus filiolo me auctum scito.")
+        "L. Iulio Caesare C. Marcio Figulo consulibus filiolo me auctum scito."
+    )
 
 
-@pytest.mark.parametrize("package, script, args", [("lxml", "gpt_char", ["dataset=atticus"]),
-                                                   ("bs4", "gpt_bpe", []), ("tiktoken", "gpt_bpe", []),
-                                                   ("regex", "gpt_bpe", ["tokenizer=trained"])])
+@pytest.mark.parametrize(
+    "package, script, args",
+    [
+        ("lxml", "gpt_char", ["dataset=atticus"]),
+        ("bs4", "gpt_bpe", []),
+        ("tiktoken", "gpt_bpe", []),
+        ("regex", "gpt_bpe", ["tokenizer=trained"]),
+    ],
+)
 def test_a_missing_package_is_one_sentence(package, script, args, tmp_path, monkeypatch, capsys):
     import bs4  # noqa: F401  imported with lxml there, so that it keeps its XML parser for the other tests
+
     monkeypatch.setitem(sys.modules, package, None)  # as if it were not installed
     monkeypatch.chdir(tmp_path)
     status, out, err = run(script, args, monkeypatch, capsys)
@@ -477,7 +549,9 @@ def test_step_2_and_step_3_validate_on_the_same_characters(tmp_path, monkeypatch
     """The split is made on the characters, before tokenising: the same last 10 % in both steps."""
     monkeypatch.chdir(tmp_path)
     for script, shown in (("gpt_char", "111,540 to validate"), ("gpt_bpe", "111,540 characters to validate")):
-        status, out, err = run(script, ["dataset=shakespeare", "max_iters=1", "eval_iters=1"], monkeypatch, capsys)
+        status, out, err = run(
+            script, ["dataset=shakespeare", "max_iters=1", "eval_iters=1"], monkeypatch, capsys
+        )
         assert status == 0 and shown in out, err
     text = shakespeare_text()
     assert len(text) - int(0.9 * len(text)) == 111_540
@@ -505,7 +579,13 @@ def test_val_loss_is_the_mean_over_every_val_token():
 def tiny(module, vocab_size=11, block_size=8):
     """A tiny model of the script's own class, dropout off (the lecture's classes read their sizes from the
     script's globals, as in the lecture)."""
-    module.n_embd, module.n_head, module.n_layer, module.block_size, module.dropout = 16, 4, 2, block_size, 0.0
+    module.n_embd, module.n_head, module.n_layer, module.block_size, module.dropout = (
+        16,
+        4,
+        2,
+        block_size,
+        0.0,
+    )
     if hasattr(module, "GPTLanguageModel"):
         return module.GPTLanguageModel(vocab_size).eval()
     return module.GPT(vocab_size, block_size, n_embd=16, n_head=4, n_layer=2, dropout=0.0).eval()
@@ -535,7 +615,7 @@ def test_step_3s_attention_computes_what_the_lectures_multiheadattention_compute
     with torch.no_grad():
         for i, part in enumerate(("query", "key", "value")):
             weight = torch.cat([getattr(head, part).weight for head in lecture.heads])  # (24, 24)
-            fused.c_attn.weight[24 * i: 24 * (i + 1)] = weight
+            fused.c_attn.weight[24 * i : 24 * (i + 1)] = weight
         fused.c_attn.bias.zero_()
         fused.c_proj.load_state_dict(lecture.proj.state_dict())
     x = torch.randn(3, 9, 24)
@@ -618,8 +698,9 @@ def test_bigram_counts_give_the_least_training_loss():
     for _ in range(20):  # and no other table does better
         assert b.score((least + 0.1 * torch.randn(5, 5)).log_softmax(-1), train) > b.score(least, train)
     # add-one smoothing: 0 -> 1 counted twice, plus one: (2 + 1) / (2 + 2)
-    assert b.score(b.count_table(torch.tensor([0, 1, 0, 1, 0]), 2, 1), torch.tensor([0, 1])) \
-        == pytest.approx(-math.log(3 / 4))
+    assert b.score(b.count_table(torch.tensor([0, 1, 0, 1, 0]), 2, 1), torch.tensor([0, 1])) == pytest.approx(
+        -math.log(3 / 4)
+    )
 
 
 # ------------------------------------------------------------------- the lecture's ladder (step 2)
@@ -669,11 +750,16 @@ def test_the_attention_picture_reads_the_heads_own_wei():
     ids = [1, 4, 2, 7, 3]
     weights = g.last_block_attention(model, ids)
     block = model.blocks[-1]
-    x = model.blocks[0](model.token_embedding_table(torch.tensor([ids])) + model.position_embedding_table.weight[:5])
+    x = model.blocks[0](
+        model.token_embedding_table(torch.tensor([ids])) + model.position_embedding_table.weight[:5]
+    )
     x = block.ln1(x)
     for h, head in enumerate(block.sa.heads):
-        wei = (head.query(x) @ head.key(x).transpose(-2, -1) * 4 ** -0.5).masked_fill(
-            torch.ones(5, 5).triu(1).bool(), float("-inf")).softmax(-1)
+        wei = (
+            (head.query(x) @ head.key(x).transpose(-2, -1) * 4**-0.5)
+            .masked_fill(torch.ones(5, 5).triu(1).bool(), float("-inf"))
+            .softmax(-1)
+        )
         assert torch.allclose(weights[h], wei[0], atol=1e-6)
     assert weights.shape == (4, 5, 5) and torch.allclose(weights.sum(-1), torch.ones(4, 5))
 
@@ -684,11 +770,22 @@ LADDER = {  # what each rung of the lecture had (its ng-video-lecture commits)
     "ffwd": dict(n_layer=1, n_head=4, n_embd=32, mlp=True, residual=False, layernorm=False),
     "residual": dict(n_layer=3, n_head=4, n_embd=32, mlp=True, residual=True, layernorm=False),
     "layernorm": dict(n_layer=3, n_head=4, n_embd=32, mlp=True, residual=True, layernorm=True),
-    "full": dict(n_layer=6, n_head=6, n_embd=384, mlp=True, residual=True, layernorm=True, batch_size=64,
-                 block_size=256, dropout=0.2, learning_rate=3e-4),
+    "full": dict(
+        n_layer=6,
+        n_head=6,
+        n_embd=384,
+        mlp=True,
+        residual=True,
+        layernorm=True,
+        batch_size=64,
+        block_size=256,
+        dropout=0.2,
+        learning_rate=3e-4,
+    ),
 }
-TRAINED_AS_THE_LECTURE = dict(batch_size=32, block_size=8, max_iters=5000, eval_interval=500,
-                              learning_rate=1e-3, dropout=0.0)
+TRAINED_AS_THE_LECTURE = dict(
+    batch_size=32, block_size=8, max_iters=5000, eval_interval=500, learning_rate=1e-3, dropout=0.0
+)
 
 
 @pytest.mark.parametrize("name", LADDER)
@@ -700,23 +797,42 @@ def test_a_rung_sets_its_sizes_and_switches_and_yields_to_settings_given(name, m
     for key, value in {**TRAINED_AS_THE_LECTURE, **LADDER[name]}.items():
         assert getattr(g, key) == value, key
     assert f"lecture={name} sets " in capsys.readouterr().out
-    g = configure("gpt_char", "max_iters=7", f"lecture={name}", "n_embd=8", "n_head=2", monkeypatch=monkeypatch,
-                  presets=presets)
+    g = configure(
+        "gpt_char",
+        "max_iters=7",
+        f"lecture={name}",
+        "n_embd=8",
+        "n_head=2",
+        monkeypatch=monkeypatch,
+        presets=presets,
+    )
     assert (g.max_iters, g.n_embd, g.n_head, g.n_layer) == (7, 8, 2, LADDER[name]["n_layer"])
 
 
 @pytest.mark.parametrize("name", LADDER)
 def test_every_rung_of_the_ladder_runs(name, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    small = ["n_embd=24", "n_layer=2", "block_size=32", "batch_size=8", "eval_iters=1"] if name == "full" else []
-    args = [f"lecture={name}", "max_iters=4", "eval_interval=2", "eval_iters=2", "log_interval=1",
-            "max_new_tokens=20", *small]
+    small = (
+        ["n_embd=24", "n_layer=2", "block_size=32", "batch_size=8", "eval_iters=1"] if name == "full" else []
+    )
+    args = [
+        f"lecture={name}",
+        "max_iters=4",
+        "eval_interval=2",
+        "eval_iters=2",
+        "log_interval=1",
+        "max_new_tokens=20",
+        *small,
+    ]
     status, out, err = run("gpt_char", args, monkeypatch, capsys, tiny=False)
     assert status == 0, err
     assert [s for s, _, _ in evals(out)] == [0, 2, 4] and SAMPLE_MARK in out
     config = torch.load(tmp_path / "out" / "gpt_char.pt", weights_only=True)["config"]
-    assert config["lecture"] == name and all(config[k] == v for k, v in LADDER[name].items()
-                                             if k in ("mlp", "residual", "layernorm", "n_head") or not small)
+    assert config["lecture"] == name and all(
+        config[k] == v
+        for k, v in LADDER[name].items()
+        if k in ("mlp", "residual", "layernorm", "n_head") or not small
+    )
 
 
 # -------------------------------------------------------- step 3's changes, and what takes them back
@@ -756,7 +872,9 @@ def test_muon_gets_the_matrices_inside_the_blocks_adamw_the_rest():
     b.optimizer = "adamw"
     (only,) = b.make_optimizers(model)
     assert isinstance(only, torch.optim.AdamW)
-    assert sorted(id(p) for g in only.param_groups for p in g["params"]) == sorted(map(id, model.parameters()))
+    assert sorted(id(p) for g in only.param_groups for p in g["params"]) == sorted(
+        map(id, model.parameters())
+    )
 
 
 def test_muon_orthogonalises_its_updates():
@@ -786,6 +904,7 @@ class Stop(Exception):
 
 class OneStep:
     """A stand-in for a script's Run that lets its train() take one step, then stops it."""
+
     step, resumed = 0, None
 
     def evaluating(self, step):
@@ -800,7 +919,13 @@ class OneStep:
 
 def step_of_training(module, grad_hook=None, scaler=None):
     """One step of gpt_bpe's own train() on random tokens: the model's state before and after."""
-    module.device, module.max_iters, module.eval_iters, module.block_size, module.batch_size = "cpu", 1, 1, 8, 4
+    module.device, module.max_iters, module.eval_iters, module.block_size, module.batch_size = (
+        "cpu",
+        1,
+        1,
+        8,
+        4,
+    )
     torch.manual_seed(0)
     model = tiny(module).train()
     optimizers = module.make_optimizers(model)
@@ -817,11 +942,11 @@ def step_of_training(module, grad_hook=None, scaler=None):
 def test_an_fp16_overflow_moves_no_optimizer():
     """Only Muon's gradients overflow: AdamW must skip its step too, and the scale drops."""
     b = load("gpt_bpe")
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     before, after = step_of_training(b, lambda grad: torch.full_like(grad, math.inf), scaler)
     assert all(torch.equal(before[k], after[k]) for k in before)  # not the embedding, not a block
-    assert scaler.get_scale() < 2.0 ** 10
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    assert scaler.get_scale() < 2.0**10
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     before, after = step_of_training(load("gpt_bpe"), None, scaler)  # a good step moves both
     assert not torch.equal(before["wte.weight"], after["wte.weight"])
     assert not torch.equal(before["blocks.0.mlp.c_fc.weight"], after["blocks.0.mlp.c_fc.weight"])
@@ -838,6 +963,7 @@ def test_gradient_clipping_bounds_the_step():
         norm = clip(parameters, max_norm, *args, **kwargs)
         norms.append((max_norm, torch.norm(torch.stack([p.grad.norm() for p in parameters])).item()))
         return norm
+
     b.nn.utils.clip_grad_norm_ = recording
     try:
         step_of_training(b, lambda grad: grad * 1000)
@@ -852,6 +978,7 @@ def test_gradient_clipping_bounds_the_step():
 def test_cuda_precision_follows_the_hardware(monkeypatch):
     """bf16 only where the GPU has it (compute capability 8.0 and up); a T4 (7.5) gets fp16 and a scaler."""
     import warnings
+
     b = load("gpt_bpe")
     b.device = "cpu"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # a T4 too
@@ -899,6 +1026,7 @@ def interrupt_after_saving(monkeypatch, script, saves):
         if sum(written) == saves:
             raise KeyboardInterrupt
         return zero_grad(*args, **kwargs)
+
     monkeypatch.setattr(os, "replace", counting)
     monkeypatch.setattr(torch.optim.AdamW, "zero_grad", stop_once_written)
 
@@ -928,9 +1056,15 @@ def test_an_interrupted_run_resumes_exactly(script, tmp_path, monkeypatch, capsy
 def test_ctrl_c_in_a_terminal_stops_cleanly_and_says_what_is_kept(tmp_path, monkeypatch, capsys):
     args = tiny_args("gpt_char") + ["max_iters=100000", "eval_interval=5", "log_interval=1"]
     reset = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731  a CI job may ignore SIGINT
-    p = subprocess.Popen([sys.executable, "-u", os.path.join(ROOT, "gpt_char.py"), *args], cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=reset,
-                         env=ONE_THREAD)
+    p = subprocess.Popen(
+        [sys.executable, "-u", os.path.join(ROOT, "gpt_char.py"), *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=reset,
+        env=ONE_THREAD,
+    )
     try:
         for line in p.stdout:
             if line.startswith("step 12/"):  # the checkpoint of step 10 is on disk by now
@@ -940,8 +1074,12 @@ def test_ctrl_c_in_a_terminal_stops_cleanly_and_says_what_is_kept(tmp_path, monk
     finally:
         p.kill()
     saved = torch.load(tmp_path / "out" / "gpt_char.pt", weights_only=True)["step"]
-    assert p.returncode == 130 and saved >= 10 and err == (
-        f"gpt_char: interrupted; out/gpt_char.pt keeps step {saved}: resume=true goes on from there\n"), err
+    assert (
+        p.returncode == 130
+        and saved >= 10
+        and err
+        == (f"gpt_char: interrupted; out/gpt_char.pt keeps step {saved}: resume=true goes on from there\n")
+    ), err
     monkeypatch.chdir(tmp_path)
     status, out, err = run("gpt_char", ["resume=true", "max_iters=20"], monkeypatch, capsys, tiny=False)
     assert status == 0 and f"loaded out/gpt_char.pt: step {saved}" in out and evals(out)[-1][0] == 20, err
@@ -949,7 +1087,9 @@ def test_ctrl_c_in_a_terminal_stops_cleanly_and_says_what_is_kept(tmp_path, monk
 
 def test_ctrl_c_before_the_first_checkpoint_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(torch.optim.AdamW, "step", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(
+        torch.optim.AdamW, "step", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt)
+    )
     status, _, err = run("gpt_char", [], monkeypatch, capsys)
     assert status == 130 and err == "gpt_char: interrupted before this run's first checkpoint\n", err
 
@@ -959,8 +1099,11 @@ def test_settings_given_with_resume_are_the_ones_that_train(script, tmp_path, mo
     """load_state_dict brings back the saved groups' learning rate and weight decay: those given win."""
     monkeypatch.chdir(tmp_path)
     assert run(script, [], monkeypatch, capsys)[0] == 0
-    given = ["learning_rate=0.0005", "min_lr=0.0005", "warmup_iters=0", "weight_decay=0.0"] if script == "gpt_bpe" else \
-        ["learning_rate=0.0005"]
+    given = (
+        ["learning_rate=0.0005", "min_lr=0.0005", "warmup_iters=0", "weight_decay=0.0"]
+        if script == "gpt_bpe"
+        else ["learning_rate=0.0005"]
+    )
     status, out, err = run(script, ["resume=true", "max_iters=6", *given], monkeypatch, capsys, tiny=False)
     assert status == 0 and "loaded out/" in out, err
     resumed = torch.load(tmp_path / "out" / f"{script}.pt", weights_only=True)
@@ -980,11 +1123,14 @@ def test_sampling_from_a_checkpoint_needs_no_settings(tmp_path, monkeypatch, cap
     path, plot = tmp_path / "out" / "gpt_char.pt", tmp_path / "out" / "gpt_char_loss.png"
     saved = sha256(path)
     plot.unlink()
-    status, out, err = run("gpt_char", ["max_iters=0", "start=Scr.", "max_new_tokens=30"], monkeypatch, capsys,
-                           tiny=False)
+    status, out, err = run(
+        "gpt_char", ["max_iters=0", "start=Scr.", "max_new_tokens=30"], monkeypatch, capsys, tiny=False
+    )
     assert status == 0 and "loaded out/gpt_char.pt: step 4, val " in out, err
     told = " ".join(out.split("trained with ")[1].split("\n---")[0].split())
-    assert all(setting in told for setting in ("dataset='atticus'", "n_layer=2", "n_embd=24", "block_size=32"))
+    assert all(
+        setting in told for setting in ("dataset='atticus'", "n_layer=2", "n_embd=24", "block_size=32")
+    )
     assert out.split(SAMPLE_MARK)[1].split("\n", 1)[1].startswith("Scr.") and EVAL.search(out) is None
     assert sha256(path) == saved and not plot.exists()
     status, _, err = run("gpt_char", ["max_iters=0", "n_layer=3"], monkeypatch, capsys, tiny=False)
@@ -998,16 +1144,22 @@ def test_a_bad_checkpoint_ends_in_one_sentence_and_is_kept(script, tmp_path, mon
     path = tmp_path / "out" / f"{script}.pt"
     for mode in ("max_iters=0", "resume=true"):  # none at all
         status, _, err = run(script, [mode], monkeypatch, capsys)
-        assert status == 1 and err == f"{script}: {mode} needs a checkpoint, and there is none at out/{script}.pt\n"
+        assert (
+            status == 1
+            and err == f"{script}: {mode} needs a checkpoint, and there is none at out/{script}.pt\n"
+        )
     other = "bigram" if script != "bigram" else "sort_task"
     assert run(other, ["out_dir=other"], monkeypatch, capsys)[0] == 0
     assert run(script, [], monkeypatch, capsys)[0] == 0
     good = path.read_bytes()
     old = torch.load(path, weights_only=True)
     del old["config"]["seed"]  # as another version of the script wrote it
-    for kind, content in [("truncated", good[: len(good) // 2]), ("foreign", b"not a checkpoint"),
-                          ("another script's", (tmp_path / "other" / f"{other}.pt").read_bytes()),
-                          ("older", old)]:
+    for kind, content in [
+        ("truncated", good[: len(good) // 2]),
+        ("foreign", b"not a checkpoint"),
+        ("another script's", (tmp_path / "other" / f"{other}.pt").read_bytes()),
+        ("older", old),
+    ]:
         if isinstance(content, bytes):
             path.write_bytes(content)
         else:
@@ -1029,12 +1181,15 @@ def test_a_new_run_keeps_the_last_runs_checkpoint(tmp_path, monkeypatch, capsys)
     with monkeypatch.context() as m:
         m.setattr(torch.optim.AdamW, "step", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt))
         assert run("gpt_char", ["max_iters=8"], monkeypatch, capsys)[0] == 130
-    assert sha256(tmp_path / "out" / "gpt_char.pt") == trained and not (tmp_path / "out" / "previous").exists()
+    assert (
+        sha256(tmp_path / "out" / "gpt_char.pt") == trained and not (tmp_path / "out" / "previous").exists()
+    )
     status, out, _ = run("gpt_char", ["max_iters=8", "n_embd=8"], monkeypatch, capsys)
     assert status == 0 and "(the last run's checkpoint is now out/previous/gpt_char.pt)" in out
     assert sha256(tmp_path / "out" / "previous" / "gpt_char.pt") == trained
-    status, out, err = run("gpt_char", ["resume=true", "out_dir=out/previous", "max_iters=6"], monkeypatch,
-                           capsys, tiny=False)
+    status, out, err = run(
+        "gpt_char", ["resume=true", "out_dir=out/previous", "max_iters=6"], monkeypatch, capsys, tiny=False
+    )
     assert status == 0 and "loaded out/previous/gpt_char.pt: step 4" in out, err
     assert [s for s, _, _ in evals(out)] == [6]
 
@@ -1049,6 +1204,7 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_last_one(tmp_path, monkey
         with open(f, "wb") as partial:
             partial.write(b"half")
         raise OSError(28, "No space left on device", f)
+
     monkeypatch.setattr(torch, "save", disk_full)
     status, _, err = run("gpt_char", ["resume=true", "max_iters=6"], monkeypatch, capsys, tiny=False)
     assert status == 1 and one_sentence(err, "gpt_char") and "No space left on device" in err, err
@@ -1059,48 +1215,87 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_last_one(tmp_path, monkey
     assert sha256(path) == saved  # its step 0, which tries the folder, failed: nothing moved, nothing lost
 
 
-@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-                                   RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: "
-                                                "can't allocate memory: you tried to allocate 9 GB")])
-def test_out_of_memory_ends_in_one_sentence_and_other_errors_are_not_hidden(error, tmp_path, monkeypatch,
-                                                                             capsys):
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: "
+            "can't allocate memory: you tried to allocate 9 GB"
+        ),
+    ],
+)
+def test_out_of_memory_ends_in_one_sentence_and_other_errors_are_not_hidden(
+    error, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
 
     def fail(*args, **kwargs):
         raise error
+
     monkeypatch.setattr(torch.optim.AdamW, "step", fail)
     status, _, err = run("gpt_char", [], monkeypatch, capsys)
-    assert status == 1 and err == "gpt_char: out of memory on cpu: make batch_size, block_size or the model " \
-        "smaller\n", err
+    assert (
+        status == 1
+        and err == "gpt_char: out of memory on cpu: make batch_size, block_size or the model " "smaller\n"
+    ), err
     error = RuntimeError("another bug")
     with pytest.raises(RuntimeError, match="another bug"):
         run("gpt_char", [], monkeypatch, capsys)
 
 
 MISTAKES = [  # (script, what the user typed, exit status, what the one sentence on stderr says)
-    *[(script, ["max_iter=3"], 2, "unknown setting 'max_iter=3' (did you mean max_iters=...?)") for script in SCRIPTS],
+    *[
+        (script, ["max_iter=3"], 2, "unknown setting 'max_iter=3' (did you mean max_iters=...?)")
+        for script in SCRIPTS
+    ],
     *[(script, ["max_iters=3.5"], 2, "max_iters='3.5' is not a whole number") for script in SCRIPTS],
-    *[(script, ["n_embd=100", "n_head=3"], 2, "n_embd=100 is not divisible by n_head=3")
-      for script in ("gpt_bpe", "sort_task")],
+    *[
+        (script, ["n_embd=100", "n_head=3"], 2, "n_embd=100 is not divisible by n_head=3")
+        for script in ("gpt_bpe", "sort_task")
+    ],
     *[(script, ["block_size=200000"], 1, "is too short for block_size=200000: ") for script in SCRIPTS[:3]],
-    ("sort_task", ["length=3", "num_digits=2"], 2, "length=3 num_digits=2: too few multisets to hold a quarter"),
+    (
+        "sort_task",
+        ["length=3", "num_digits=2"],
+        2,
+        "length=3 num_digits=2: too few multisets to hold a quarter",
+    ),
     ("sort_task", ["num_digits=11"], 2, "length must be 1 or more, num_digits from 2 to 10"),
     ("sort_task", ["start=2103"], 2, "start='2103' is not 6 digits from 0 to 4"),
     ("bigram", ["start=ROMEO€"], 1, "the prompt start='ROMEO€' has characters that shakespeare lacks: '€'"),
     ("gpt_char", ["start=ROMEO€"], 1, "has characters that shakespeare lacks"),
-    ("gpt_bpe", ["tokenizer=sentencepiece"], 2, "tokenizer='sentencepiece' is not tiktoken, scratch or trained"),
+    (
+        "gpt_bpe",
+        ["tokenizer=sentencepiece"],
+        2,
+        "tokenizer='sentencepiece' is not tiktoken, scratch or trained",
+    ),
     ("gpt_bpe", ["tokenizer=trained", "vocab_size=200"], 2, "vocab_size=200 is less than the 256 bytes"),
     ("gpt_bpe", ["optimizer=sgd"], 2, "optimizer= is muon or adamw, init= gpt2 or pytorch"),
     ("gpt_bpe", ["min_lr=1"], 2, "min_lr=1.0 is above learning_rate="),
-    *[(script, ["out_dir=a_file"], 1, "out_dir='a_file' is not a folder this script can write in (File exists)")
-      for script in SCRIPTS],
-    *[(script, ["out_dir=a_file/out"], 1, "out_dir='a_file/out' is not a folder this script can write in")
-      for script in SCRIPTS],
+    *[
+        (
+            script,
+            ["out_dir=a_file"],
+            1,
+            "out_dir='a_file' is not a folder this script can write in (File exists)",
+        )
+        for script in SCRIPTS
+    ],
+    *[
+        (script, ["out_dir=a_file/out"], 1, "out_dir='a_file/out' is not a folder this script can write in")
+        for script in SCRIPTS
+    ],
 ]
 
 
-@pytest.mark.parametrize("script, args, status, message", MISTAKES, ids=lambda v: v if isinstance(v, str) else "")
-def test_every_mistake_ends_in_one_clear_sentence(script, args, status, message, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "script, args, status, message", MISTAKES, ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_every_mistake_ends_in_one_clear_sentence(
+    script, args, status, message, tmp_path, monkeypatch, capsys
+):
     """One sentence, a non-zero exit, and nothing written: not in data/, not in the current folder."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a_file").write_text("a file, not a folder")
@@ -1138,17 +1333,22 @@ def test_a_text_of_ones_own(script, tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("script", ["bigram", "gpt_char", "gpt_bpe"])
-@pytest.mark.parametrize("kind, content, status, message", [
-    ("missing", None, 2, "dataset='mine.txt' is not shakespeare"),
-    ("a folder", "folder", 2, "dataset='mine.txt' is not shakespeare"),
-    ("Latin-1", "Cicero's café ".encode("latin-1") * 100, 1, "mine.txt is not UTF-8 text"),
-    ("binary", bytes(range(256)) * 10, 1, "mine.txt is not UTF-8 text"),
-    ("zeros", b"\x00" * 1000, 1, "mine.txt is a binary file, not text"),
-    ("empty", b"", 1, "mine.txt is empty, not text"),
-    ("too short", b"to be or not to be,\n" * 12, 1, "mine.txt is too short for block_size="),
-], ids=lambda v: v if isinstance(v, str) and len(v) < 12 else "")
-def test_a_bad_text_of_ones_own_ends_in_one_sentence(script, kind, content, status, message, tmp_path,
-                                                     monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "kind, content, status, message",
+    [
+        ("missing", None, 2, "dataset='mine.txt' is not shakespeare"),
+        ("a folder", "folder", 2, "dataset='mine.txt' is not shakespeare"),
+        ("Latin-1", "Cicero's café ".encode("latin-1") * 100, 1, "mine.txt is not UTF-8 text"),
+        ("binary", bytes(range(256)) * 10, 1, "mine.txt is not UTF-8 text"),
+        ("zeros", b"\x00" * 1000, 1, "mine.txt is a binary file, not text"),
+        ("empty", b"", 1, "mine.txt is empty, not text"),
+        ("too short", b"to be or not to be,\n" * 12, 1, "mine.txt is too short for block_size="),
+    ],
+    ids=lambda v: v if isinstance(v, str) and len(v) < 12 else "",
+)
+def test_a_bad_text_of_ones_own_ends_in_one_sentence(
+    script, kind, content, status, message, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     if content == "folder":
         (tmp_path / "mine.txt").mkdir()
@@ -1164,22 +1364,83 @@ def test_a_prompt_the_text_lacks_is_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine.txt").write_text(OWN_TEXT.replace("\n", " "), encoding="utf-8")
     status, _, err = run("gpt_char", ["dataset=mine.txt"], monkeypatch, capsys)  # start="\n"
-    assert status == 1 and err == "gpt_char: the prompt start='\\n' has characters that mine.txt lacks: '\\n'\n"
+    assert (
+        status == 1 and err == "gpt_char: the prompt start='\\n' has characters that mine.txt lacks: '\\n'\n"
+    )
 
 
 # ------------------------------------------------------------------- tokenizers (gpt_bpe)
-GPT2_URLS = {"vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
-             "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json"}
+GPT2_URLS = {
+    "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+    "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+}
 GPT2_FILES = [os.path.join(DATA, "gpt2", "encoder.json"), os.path.join(DATA, "gpt2", "vocab.bpe")]
 HARD_STRINGS = [
-    "", " ", "  ", "   x", "a  b   c", "\n", "\n\n\n", "line\n  indented\n\n", "\r\n", "a\r\nb\r\n\r\n", "\t",
-    "\ta\t\tb \t", "trailing spaces   ", " leading", "it's", "don't", "we're", "they've", "I'm", "you'll",
-    "he'd", "IT'S", "DON'T", "WE'RE", "THEY'VE", "I'M", "YOU'LL", "HE'D", "'s 't 're 've 'm 'll 'd", "''s",
-    "rock'n'roll", "0", "1234567890", "3.14159", "1,000,000", "a1b2c3", "!!!", "...", "?!?!", "--", "((()))",
-    "[{<>}]", "@#$%^&*", "a.b.c", "e.g.,", "Scr. Romae a. 689.", "CICERO ATTICO SAL.", "café", "naïve façade",
-    "Æneas Cæsar", "ἀδύνατον", "τὸ δὲ μέγιστον", "日本語のテキスト", "中文", "한국어", "emoji 😀 👍🏽 🇮🇹", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𐍈",
-    "\u0301", "e\u0301", " \u0301x", "\u00a0non-breaking\u00a0space", "zero\u200bwidth", "\x00\x01\x1f\x7f",
-    "<|endoftext|>", "a<|endoftext|>b",
+    "",
+    " ",
+    "  ",
+    "   x",
+    "a  b   c",
+    "\n",
+    "\n\n\n",
+    "line\n  indented\n\n",
+    "\r\n",
+    "a\r\nb\r\n\r\n",
+    "\t",
+    "\ta\t\tb \t",
+    "trailing spaces   ",
+    " leading",
+    "it's",
+    "don't",
+    "we're",
+    "they've",
+    "I'm",
+    "you'll",
+    "he'd",
+    "IT'S",
+    "DON'T",
+    "WE'RE",
+    "THEY'VE",
+    "I'M",
+    "YOU'LL",
+    "HE'D",
+    "'s 't 're 've 'm 'll 'd",
+    "''s",
+    "rock'n'roll",
+    "0",
+    "1234567890",
+    "3.14159",
+    "1,000,000",
+    "a1b2c3",
+    "!!!",
+    "...",
+    "?!?!",
+    "--",
+    "((()))",
+    "[{<>}]",
+    "@#$%^&*",
+    "a.b.c",
+    "e.g.,",
+    "Scr. Romae a. 689.",
+    "CICERO ATTICO SAL.",
+    "café",
+    "naïve façade",
+    "Æneas Cæsar",
+    "ἀδύνατον",
+    "τὸ δὲ μέγιστον",
+    "日本語のテキスト",
+    "中文",
+    "한국어",
+    "emoji 😀 👍🏽 🇮🇹",
+    "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𐍈",
+    "\u0301",
+    "e\u0301",
+    " \u0301x",
+    "\u00a0non-breaking\u00a0space",
+    "zero\u200bwidth",
+    "\x00\x01\x1f\x7f",
+    "<|endoftext|>",
+    "a<|endoftext|>b",
 ]
 
 
@@ -1193,6 +1454,7 @@ def offline_gpt2():
 def tiktoken_gpt2(tmp_path_factory):
     """tiktoken.get_encoding("gpt2") itself, offline: its download cache primed with the shipped files."""
     import tiktoken
+
     cache = tmp_path_factory.mktemp("tiktoken-cache")
     for name, url in GPT2_URLS.items():  # tiktoken names a cached file by the SHA-1 of its URL
         shutil.copy(os.path.join(DATA, "gpt2", name), cache / hashlib.sha1(url.encode()).hexdigest())
@@ -1258,7 +1520,7 @@ def test_compact_vocabulary_knows_the_training_text_and_spells_the_rest():
     text; a token the training text never has is spelled in its bytes, so every text has model ids."""
     b, enc = load("gpt_bpe"), offline_gpt2()
     text = atticus_text()
-    train, val = text[:int(0.9 * len(text))], text[int(0.9 * len(text)):]
+    train, val = text[: int(0.9 * len(text))], text[int(0.9 * len(text)) :]
     known = set(enc.encode_ordinary(train))
     vocab = sorted(known | {enc.encode_single_token(bytes([x])) for x in range(256)})
     assert len(known) == 4320 and len(vocab) == 4460
@@ -1267,8 +1529,9 @@ def test_compact_vocabulary_knows_the_training_text_and_spells_the_rest():
     gpt2_val, model_val = enc.encode_ordinary(val), encode(val)
     unseen = [t for t in gpt2_val if t not in known]
     assert len(unseen) == 148 and decode(model_val) == val
-    assert len(model_val) == len(gpt2_val) - len(unseen) + sum(len(enc.decode_single_token_bytes(t))
-                                                                 for t in unseen)
+    assert len(model_val) == len(gpt2_val) - len(unseen) + sum(
+        len(enc.decode_single_token_bytes(t)) for t in unseen
+    )
     phrase = "Scr. Romae a. 689. CICERO ATTICO salutem 日本"
     assert decode(encode(phrase)) == phrase and max(encode(phrase)) < len(vocab)
 
@@ -1287,9 +1550,14 @@ def test_the_gpt2_files_are_downloaded_when_missing(server, tmp_path):
     assert listing(tmp_path / "data") == ["gpt2/encoder.json", "gpt2/vocab.bpe"]
 
 
-@pytest.mark.parametrize("args, vocabulary", [(["tokenizer=scratch"], 4460),
-                                              (["dataset=shakespeare", "tokenizer=scratch"], 11428),
-                                              (["compact_vocab=false", "max_iters=2", "eval_iters=1"], 50257)])
+@pytest.mark.parametrize(
+    "args, vocabulary",
+    [
+        (["tokenizer=scratch"], 4460),
+        (["dataset=shakespeare", "tokenizer=scratch"], 11428),
+        (["compact_vocab=false", "max_iters=2", "eval_iters=1"], 50257),
+    ],
+)
 def test_gpt_bpe_variants(args, vocabulary, tmp_path, monkeypatch, capsys):
     """GPT2Tokenizer as the tokenizer; Shakespeare; every one of GPT-2's ids embedded."""
     monkeypatch.chdir(tmp_path)
@@ -1319,6 +1587,7 @@ def test_the_worked_examples_in_the_docstrings_hold(monkeypatch):
 
 def test_every_learned_merge_is_the_most_frequent_pair_at_its_step():
     import regex
+
     b = load("gpt_bpe")
     text = atticus_text()[:30_000]
     merges = b.train_bpe(text, 256 + 200)
@@ -1341,7 +1610,7 @@ def test_every_learned_merge_is_the_most_frequent_pair_at_its_step():
 @functools.lru_cache(maxsize=None)
 def trained_merges():
     text = atticus_text()
-    return tuple(load("gpt_bpe").train_bpe(text[:int(0.9 * len(text))], 1024))
+    return tuple(load("gpt_bpe").train_bpe(text[: int(0.9 * len(text))], 1024))
 
 
 @pytest.mark.parametrize("text", HARD_STRINGS)
@@ -1365,14 +1634,16 @@ def test_a_trained_tokenizer_splits_like_its_merges():
 def test_the_tokenizer_is_trained_on_the_training_text_alone(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     seen, train_bpe = [], load("gpt_bpe").train_bpe
-    monkeypatch.setattr(sys, "argv", ["gpt_bpe.py", *tiny_args("gpt_bpe"), "tokenizer=trained", "vocab_size=300"])
+    monkeypatch.setattr(
+        sys, "argv", ["gpt_bpe.py", *tiny_args("gpt_bpe"), "tokenizer=trained", "vocab_size=300"]
+    )
     b = load("gpt_bpe")
     b.train_bpe = lambda text, size: seen.append(text) or train_bpe(text, size)
     capsys.readouterr()
     b.main()
     out = capsys.readouterr().out
     text = atticus_text()
-    assert seen == [text[:int(0.9 * len(text))]]  # not a character of the validation text
+    assert seen == [text[: int(0.9 * len(text))]]  # not a character of the validation text
     assert "44 merges learned from the training text" in out and "tokens (trained)" in out
     checkpoint = torch.load(tmp_path / "out" / "gpt_bpe.pt", weights_only=True)
     assert checkpoint["vocab"]["merges"] == train_bpe(seen[0], 300)
@@ -1398,23 +1669,31 @@ def test_sort_examples_mask_the_input_half():
 def test_sort_holds_out_answers_not_just_inputs():
     s = load("sort_task")
     held, train = s.input_set(held=True).tolist(), s.input_set(held=False).tolist()
-    assert len(held) + len(train) == s.num_digits ** s.length  # every input, on one side only
+    assert len(held) + len(train) == s.num_digits**s.length  # every input, on one side only
     held_answers = {tuple(sorted(x)) for x in held}
     assert not held_answers & {tuple(sorted(x)) for x in train}  # no held-out answer is a training target
     assert {tuple(x) for x in held} == {p for a in held_answers for p in itertools.permutations(a)}
     assert 0.1 < len(held_answers) / math.comb(s.length + s.num_digits - 1, s.length) < 0.4
     source = open(os.path.join(ROOT, "sort_task.py"), encoding="utf-8").read()  # hashlib, not hash():
     held_out = next(n for n in ast.parse(source).body if getattr(n, "name", "") == "held_out")
-    code = ("import hashlib, itertools\n" + ast.get_source_segment(source, held_out)
-            + "\nprint(sorted(x for x in itertools.product(range(5), repeat=6) if held_out(x)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**ONE_THREAD, "PYTHONHASHSEED": "12345"}).stdout  # another hash seed
+    code = (
+        "import hashlib, itertools\n"
+        + ast.get_source_segment(source, held_out)
+        + "\nprint(sorted(x for x in itertools.product(range(5), repeat=6) if held_out(x)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**ONE_THREAD, "PYTHONHASHSEED": "12345"},
+    ).stdout  # another hash seed
     assert out.strip() == str(sorted(map(tuple, held)))
     s.device = "cpu"
     for _ in range(50):
         x, y = s.get_batch("train")
         assert not {tuple(sorted(row)) for row in x[:, : s.length].tolist()} & held_answers
-        assert (y[:, : s.length - 1] == -100).all() and (y[:, s.length - 1:] >= 0).all()
+        assert (y[:, : s.length - 1] == -100).all() and (y[:, s.length - 1 :] >= 0).all()
     x, _ = s.get_batch("val")
     assert {tuple(sorted(row)) for row in x[:, : s.length].tolist()} <= held_answers
     repeats = [len(set(row)) for row in s.random_inputs(1000).tolist()]
@@ -1435,7 +1714,9 @@ def test_sort_attention_picture_is_what_the_heads_compute():
     hook.remove()
     inputs, output = seen[0]
     v = attn.c_attn(inputs).split(32, dim=2)[2].view(1, 11, 4, 8).transpose(1, 2)
-    assert torch.allclose(attn.c_proj((weights[None] @ v).transpose(1, 2).reshape(1, 11, 32)), output, atol=1e-5)
+    assert torch.allclose(
+        attn.c_proj((weights[None] @ v).transpose(1, 2).reshape(1, 11, 32)), output, atol=1e-5
+    )
     assert weights.shape == (4, 11, 11) and torch.all(weights.triu(1) == 0)
 
 
@@ -1452,7 +1733,9 @@ def test_sort_task_samples_a_checkpoint_of_other_sizes(tmp_path, monkeypatch, ca
     monkeypatch.chdir(tmp_path)
     assert run("sort_task", ["length=5", "num_digits=4"], monkeypatch, capsys)[0] == 0
     status, out, err = run("sort_task", ["max_iters=0", "start=32103"], monkeypatch, capsys, tiny=False)
-    assert status == 0 and "loaded out/sort_task.pt: step 4" in out and "sorting 5 digits from 0-3" in out, err
+    assert (
+        status == 0 and "loaded out/sort_task.pt: step 4" in out and "sorting 5 digits from 0-3" in out
+    ), err
     assert "--- sample: the model sorts 32103 into " in out
 
 
@@ -1465,7 +1748,7 @@ def test_sort_judges_with_dropout_off_and_trains_with_it_on():
     first = s.sort_accuracy(model, inputs)[1]
     assert len(first) == 20 and model.training  # untrained: every input wrong; and back to training
     assert s.sort_accuracy(model, inputs)[1] == first  # the same outputs: no dropout while judging
-    assert model.generate(inputs, s.length, temperature=0)[:, s.length:].tolist() != [o for _, o in first]
+    assert model.generate(inputs, s.length, temperature=0)[:, s.length :].tolist() != [o for _, o in first]
 
 
 def test_sort_accuracy_is_generation_not_teacher_forcing():
@@ -1495,8 +1778,10 @@ def test_sort_accuracy_is_generation_not_teacher_forcing():
         assert forced > 0.8 and (accuracy < 0.2 if generated < 1 else accuracy == 1.0), (model, accuracy)
 
 
-@pytest.mark.parametrize("switches", [[], ["optimizer=adamw", "tie=false", "init=pytorch", "warmup_iters=0",
-                                           "min_lr=0.003", "grad_clip=0"]])
+@pytest.mark.parametrize(
+    "switches",
+    [[], ["optimizer=adamw", "tie=false", "init=pytorch", "warmup_iters=0", "min_lr=0.003", "grad_clip=0"]],
+)
 def test_sort_task_end_to_end_tiny(switches, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     status, out, err = run("sort_task", ["start=210430", *switches], monkeypatch, capsys)
@@ -1508,24 +1793,59 @@ def test_sort_task_end_to_end_tiny(switches, tmp_path, monkeypatch, capsys):
 
 
 def test_sort_task_default_sorts_every_held_out_input(tmp_path):
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "sort_task.py"), "device=cpu"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=3600, env=ONE_THREAD)
+    p = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "sort_task.py"), "device=cpu"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        env=ONE_THREAD,
+    )
     assert p.returncode == 0, p.stderr
     held = re.search(r"^held-out: ([\d.]+)% of ([\d,]+) inputs sorted exactly right$", p.stdout, re.M)
     assert held and float(held[1]) == 100.0 and held[2] == "2,730"
 
 
 # ----------------------------------------------------------------- one skeleton, four scripts
-PLUMBING = ["die", "Stopped", "configure", "parse", "changed", "wrap", "listed", "load_checkpoint", "Run",
-            "clock", "figure", "show", "the __main__ guard", "NOTEBOOK", "OWN", "KEPT", "the banner"]
+PLUMBING = [
+    "die",
+    "Stopped",
+    "configure",
+    "parse",
+    "changed",
+    "wrap",
+    "listed",
+    "load_checkpoint",
+    "Run",
+    "clock",
+    "figure",
+    "show",
+    "the __main__ guard",
+    "NOTEBOOK",
+    "OWN",
+    "KEPT",
+    "the banner",
+]
 SHARED = {  # blocks -> the scripts that must hold the very same text of each
     tuple(PLUMBING): SCRIPTS,
     ("data_files", "check_data", "DATA_DIR"): ["bigram", "gpt_char", "gpt_bpe"],
     ("load_text", "read_atticus"): ["gpt_char", "gpt_bpe"],
     ("tokenizer", "train", "sample"): ["bigram", "gpt_char"],  # steps 1 and 2
     ("get_batch", "estimate_loss"): ["bigram", "gpt_char", "gpt_bpe"],
-    ("CausalSelfAttention", "MLP", "Block", "GPT", "orthogonalize", "Muon", "make_optimizers", "get_lr",
-     "autocast"): ["gpt_bpe", "sort_task"],  # step 3's model, and how it trains
+    (
+        "CausalSelfAttention",
+        "MLP",
+        "Block",
+        "GPT",
+        "orthogonalize",
+        "Muon",
+        "make_optimizers",
+        "get_lr",
+        "autocast",
+    ): [
+        "gpt_bpe",
+        "sort_task",
+    ],  # step 3's model, and how it trains
     ("draw_attention",): ["gpt_char", "sort_task"],
 }
 
@@ -1535,11 +1855,15 @@ def blocks(script):
     source = open(os.path.join(ROOT, f"{script}.py"), encoding="utf-8").read()
     found = {}
     for node in ast.parse(source).body:
-        name = getattr(node, "name", None) or (isinstance(node, ast.Assign) and getattr(node.targets[0], "id", 0))
+        name = getattr(node, "name", None) or (
+            isinstance(node, ast.Assign) and getattr(node.targets[0], "id", 0)
+        )
         if name:
             found[name] = ast.get_source_segment(source, node)
-    found["the banner"] = source[source.index("# ====="): source.index("# Plumbing") + 200].split("\nimport")[0]
-    found["the __main__ guard"] = source[source.index('if __name__ == "__main__":'):]
+    found["the banner"] = source[source.index("# =====") : source.index("# Plumbing") + 200].split(
+        "\nimport"
+    )[0]
+    found["the __main__ guard"] = source[source.index('if __name__ == "__main__":') :]
     return found
 
 
@@ -1563,11 +1887,22 @@ def test_the_lesson_comes_first_and_the_plumbing_is_short(script):
     source = open(os.path.join(ROOT, f"{script}.py"), encoding="utf-8").read()
     body = ast.parse(source).body
     main = next(n.lineno for n in body if isinstance(n, ast.FunctionDef) and n.name == "main")
-    plumbing = {"die", "sys.exit", "torch.save", "torch.load", "savefig", "data_files", "download_url_to_file"}
+    plumbing = {
+        "die",
+        "sys.exit",
+        "torch.save",
+        "torch.load",
+        "savefig",
+        "data_files",
+        "download_url_to_file",
+    }
 
     def called(f):  # die, sys.exit, torch.load: a name, an attribute, and a module's attribute
-        name, module = getattr(f, "attr", getattr(f, "id", None)), getattr(getattr(f, "value", None), "id", None)
+        name, module = getattr(f, "attr", getattr(f, "id", None)), getattr(
+            getattr(f, "value", None), "id", None
+        )
         return {name, f"{module}.{name}"}
+
     for node in body:
         if isinstance(node, ast.FunctionDef) and node.lineno < main:
             calls = set().union(*(called(c.func) for c in ast.walk(node) if isinstance(c, ast.Call)))

@@ -77,6 +77,20 @@ LAPTOP = dict(batch_size=16, block_size=64, max_iters=1500, eval_interval=500, l
 TEXTS = {"shakespeare": "tinyshakespeare.txt", "atticus": "atticus.xml"}  # dataset= -> data/NAME
 GPT2 = ["gpt2/encoder.json", "gpt2/vocab.bpe"]  # GPT-2's ids and merges, the files tiktoken downloads
 
+def read_atticus(path):  # Cicero's letters in Perseus TEI, EpiDoc or hopper: dateline, salute, body
+    from bs4 import BeautifulSoup
+    import lxml  # noqa: F401  the XML parser of BeautifulSoup(..., "xml")
+    soup, letters = BeautifulSoup(open(path, encoding="utf-8"), "xml"), []
+    for letter in soup.find_all("div", subtype="letter") or soup.find_all("div2"):
+        for tag in letter.find_all(["del", "expan", "note"]):  # the editor's deletions, expansions, notes
+            tag.decompose()
+        for tag in letter.find_all(["p", "l"]):
+            tag.append(" ")  # a paragraph or a verse ends a word, even with no space after it
+        tags = [letter.find(attrs={"rend": name}) or letter.find(name) for name in ("dateline", "salute")]
+        parts = [" ".join(tag.extract().get_text().split()) if tag else "" for tag in tags]
+        letters.append("\n".join([*parts, " ".join(letter.get_text().split())]))  # then the rest
+    return "\n\n".join(letters)
+
 # GPT-2's split of a text into words: contractions, letters, digits, other symbols, runs of white space
 GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
@@ -411,8 +425,7 @@ def get_batch(data, generator=None):
 
 @torch.no_grad()
 def estimate_loss(model, train_data, val_data):
-    """The train loss of eval_iters random batches (the same ones every time). The val loss of every val
-    token once, not of random batches: an exact figure, and of the same characters in every step."""
+    """The train loss of eval_iters random batches (the same each time); the val loss of every val token."""
     out = {}
     model.eval()
     generator = torch.Generator().manual_seed(seed)
@@ -525,20 +538,15 @@ def main():
     ids = sample(model, encode)
     print(f"--- sample, temperature {temperature} ---\n{decode(ids)}")
 
-# ===================================================================================================
-# Plumbing, each block the same in every script that needs it: settings, errors, data files,
-# checkpoints, progress lines, pictures. The lesson is above.
-# ===================================================================================================
-import difflib, os, re, shutil, socket, sys, textwrap, time  # noqa: E401,E402  the plumbing's own
-
-# every lower-case global of the hyperparameters is a setting, with its value there: name=value
-DEFAULTS = {k: v for k, v in globals().items() if k[0].islower() and isinstance(v, (int, float, str))}
+# Plumbing ========= the same in every script: settings, data, checkpoints, progress, pictures, errors
+import difflib, os, re, socket, sys, textwrap, time  # noqa: E401,E402
 
 SCRIPT = "gpt_bpe"
-NOTEBOOK = "__file__" not in globals()  # pasted into a cell: no file, and sys.argv is the kernel's
+DEFAULTS = {k: v for k, v in globals().items() if k[0].islower() and isinstance(v, (int, float, str))}
+NOTEBOOK = "__file__" not in globals()  # pasted into a cell
 DATA_DIR = "data" if NOTEBOOK else os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
-OWN = ("device", "out_dir", "resume")  # this run's own: never read from a checkpoint
-KEPT = {}  # the step of this run that out_dir/SCRIPT.pt holds: what Ctrl-C says
+OWN = ("device", "out_dir", "resume")  # never taken from a checkpoint
+KEPT = {}  # the step that out_dir/SCRIPT.pt keeps
 
 def problems():  # what this script's settings cannot be
     return [said for bad, said in [
@@ -557,76 +565,63 @@ def problems():  # what this script's settings cannot be
         (not start, "start= cannot be empty"),
     ] if bad]
 
-def die(said, status=1):  # one sentence and a non-zero exit status; in a notebook, the cell's error
-    first, *more = f"{SCRIPT}: {said}".split("\n")
-    said = "\n".join([wrap(first), *more])  # in lines of at most 110 characters
+def die(said, status=1):  # one sentence, and a non-zero exit status (in a notebook: the cell's error)
     if NOTEBOOK:
-        raise Stopped(said) from None
-    print(said, file=sys.stderr)
+        raise Stopped(wrap(f"{SCRIPT}: {said}")) from None
+    print(wrap(f"{SCRIPT}: {said}"), file=sys.stderr)
     sys.exit(status)
-
 class Stopped(Exception):
-    _render_traceback_ = lambda self: [str(self)]  # noqa: E731  what IPython shows, not a traceback
+    _render_traceback_ = lambda self: [str(self)]  # noqa: E731  what IPython shows: no traceback
 
-def configure(**presets):
-    """The settings, each layer over the one before: the lines above; for a new run the presets (the
-    sizes of presets["device"][device], a LECTURE rung), or to resume or sample from the command line
-    the checkpoint's settings; the values given as name=value. Returns the checkpoint, or None."""
+def configure(**presets):  # sets the settings; returns the checkpoint to go on from, or None
     args = [] if NOTEBOOK else sys.argv[1:]
     given = dict(parse(arg) for arg in args if arg not in ("-h", "--help"))
-    globals().update(given)  # first: they choose the presets, and whether to read a checkpoint
-    checkpoint = load_checkpoint() if resume or max_iters == 0 else None
-    saved = checkpoint["config"] if checkpoint and not NOTEBOOK else {}  # a notebook's cell says it all
-    told = []  # what the presets set: in a notebook, over the lines above
-    for name, table in {} if saved else presets.items():
-        if preset := table.get(globals()[name]):
-            globals().update(preset)
-            told.append(wrap(f"{name}={globals()[name]} sets {listed(preset)}"))
-    globals().update({k: v for k, v in saved.items() if k not in OWN}, **given)
-    if "-h" in args or "--help" in args:  # the docstring, then the settings as they would be
+    globals().update(given)  # which choose the presets, and whether a checkpoint is read
+    checkpoint = load_checkpoint(f"{out_dir}/{SCRIPT}.pt") if resume or max_iters == 0 else None
+    if checkpoint and not NOTEBOOK:  # its settings, or (a new run, a notebook) the presets'
+        globals().update({k: v for k, v in checkpoint["config"].items() if k not in OWN})
+    for name, table in {} if checkpoint and not NOTEBOOK else presets.items():
+        globals().update(table.get(globals()[name], {}))  # device=cpu: LAPTOP; lecture=NAME: its rung
+    globals().update(given)  # and over them all, the values given
+    if "-h" in args or "--help" in args:  # the settings as they would be, with their comments
         notes = dict(reversed(re.findall(r"^(\w+) = .*?  # (.*)$", open(__file__).read(), re.M)))
-        print(__doc__.strip(), "\nSettings (name=value), as they would be here:",
-              *(wrap(f"  {f'{k}={globals()[k]!r}':<24} {notes.get(k, '')}") for k in DEFAULTS),
-              *(wrap(f"{name}={value} sets {listed(preset)}") for name, table in presets.items()
-                for value, preset in table.items()), sep="\n")
+        print(__doc__.strip(), "\nSettings (name=value), as they would be here:", sep="\n")
+        for k in DEFAULTS:
+            print(wrap(f"  {f'{k}={globals()[k]!r}':<24} {notes.get(k, '')}"))
         sys.exit(0)
-    said = problems() + [f"{k}={v} is below 0" for k, v in globals().items() if k in DEFAULTS and
-                         not isinstance(v, str) and v < 0]
+    numbers = {k: globals()[k] for k in DEFAULTS if not isinstance(DEFAULTS[k], str)}
+    said = problems() + [f"{k}={v} is below 0" for k, v in numbers.items() if v < 0]
     try:
         torch.empty(0, device=device)
-    except Exception:  # not a device's name, or not one of this machine's
+    except Exception:
         said.append(f"device={device!r} is not a device of this machine")
     if said:
         die(said[0], 2)
-    for line in told:
-        print(line)
-    torch.backends.cuda.matmul.allow_tf32 = True  # on a CUDA GPU: TF32 matrix products, much faster
+    print(wrap(f"{SCRIPT}.py {changed(globals())}"))
+    torch.backends.cuda.matmul.allow_tf32 = True  # on a CUDA GPU, TF32 matrix products: much faster
     return checkpoint
 
-def parse(arg):  # 'name=value' -> (name, value of the default's type; a bool: true, false, 1 or 0)
+def parse(arg):  # 'name=value' -> (name, the value in the type of the default)
     name, equals, text = arg.lstrip("-").partition("=")
     if name not in DEFAULTS or not equals:
         close = difflib.get_close_matches(name, DEFAULTS, 1)
         die(f"unknown setting {arg!r}{f' (did you mean {close[0]}=...?)' if close else ''}: see --help", 2)
     kind = type(DEFAULTS[name])
     try:
-        value = kind(text) if kind is not bool else {"true": True, "1": True, "false": False, "0": False}[
-            text.lower()]
+        value = {"true": True, "false": False}[text.lower()] if kind is bool else kind(text)
         if kind is float and not math.isfinite(value):
             raise ValueError
     except (KeyError, ValueError):
-        what = {bool: "true, false, 1 or 0", int: "a whole number"}.get(kind, "a finite number")
+        what = {bool: "true or false", int: "a whole number"}.get(kind, "a finite number")
         die(f"{name}={text!r} is not {what}", 2)
     return name, value
 
-def wrap(line):  # folded at 110 characters
-    return textwrap.fill(line, 110, subsequent_indent="    ")
-
-def listed(settings):  # as name=value
-    return " ".join(f"{k}={v!r}" for k, v in settings.items())
-
-def changed(settings):  # those that differ from the lines above
-    return listed({k: v for k, v in settings.items() if v != DEFAULTS[k] and k not in OWN})
+def wrap(line):  # in lines of at most 110 characters
+    return textwrap.fill(line, 110, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False)
+def changed(settings):  # name=value for each setting not as above
+    return " ".join(f"{k}={settings[k]!r}" for k in DEFAULTS if k not in OWN and settings[k] != DEFAULTS[k])
+def clock(seconds):
+    return f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
 
 DATA_FILES = {  # data/NAME: where it is downloaded from, and its SHA-256
     "tinyshakespeare.txt": (
@@ -642,71 +637,44 @@ DATA_FILES = {  # data/NAME: where it is downloaded from, and its SHA-256
                        "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
 }
 
-def data_files(*names):  # the paths of data/NAME..., each downloaded if it is missing
-    paths = [os.path.join(DATA_DIR, name) for name in names]
-    try:
-        for name, path in zip(names, paths):
-            if not os.path.exists(path):
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                socket.setdefaulttimeout(30)  # torch.hub would wait forever
-                url, sha256 = DATA_FILES[name]
-                torch.hub.download_url_to_file(url, path, hash_prefix=sha256)  # checked, then moved in place
-    except Exception as e:  # no network, a wrong address, a corrupted download
-        missing = [f"  {DATA_FILES[n][0]}\n    to be saved as {p}" for n, p in zip(names, paths)
-                   if not os.path.exists(p)]
-        die("\n".join([f"could not download ({e}); download by hand, and save each as it says:", *missing]))
-    return paths
+def data_files(*names):  # the paths of data/NAME..., downloaded and checked if missing
+    for name in names:
+        path, (url, sha256) = os.path.join(DATA_DIR, name), DATA_FILES[name]
+        if not os.path.exists(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            socket.setdefaulttimeout(30)  # torch.hub would wait forever
+            try:
+                torch.hub.download_url_to_file(url, path, hash_prefix=sha256)
+            except Exception as e:  # no network, a wrong address, a corrupted download
+                die(f"could not download {url} ({e}): download it by hand as {path}")
+    return [os.path.join(DATA_DIR, name) for name in names]
 
 def load_text(dataset):  # Shakespeare's plays, Cicero's letters out of their XML, or a text file
     path = data_files(TEXTS[dataset])[0] if dataset in TEXTS else dataset
     if dataset == "atticus":
         return read_atticus(path)
     try:
-        text = open(path, encoding="utf-8").read()
+        return open(path, encoding="utf-8").read()
     except UnicodeDecodeError:
         die(f"{path} is not UTF-8 text")
-    if not text.strip() or "\x00" in text:
-        die(f"{path} is {'a binary file' if text.strip() else 'empty'}, not text")
-    return text
-
-def read_atticus(path):  # Cicero's letters in Perseus TEI, EpiDoc or hopper: dateline, salute, body
-    from bs4 import BeautifulSoup
-    import lxml  # noqa: F401  the XML parser of BeautifulSoup(..., "xml")
-    soup, letters = BeautifulSoup(open(path, encoding="utf-8"), "xml"), []
-    for letter in soup.find_all("div", subtype="letter") or soup.find_all("div2"):
-        for tag in letter.find_all(["del", "expan", "note"]):  # the editor's deletions, expansions, notes
-            tag.decompose()
-        for tag in letter.find_all(["p", "l"]):
-            tag.append(" ")  # a paragraph or a verse ends a word, even with no space after it
-        tags = [letter.find(attrs={"rend": name}) or letter.find(name) for name in ("dateline", "salute")]
-        parts = [" ".join(tag.extract().get_text().split()) if tag else "" for tag in tags]
-        letters.append("\n".join([*parts, " ".join(letter.get_text().split())]))  # then the rest
-    return "\n\n".join(letters)
 
 def check_data(train_data, val_data, unknown=()):
-    if unknown:
-        die(f"the prompt start={start!r} has characters that {dataset} lacks: "
-            + ", ".join(map(repr, sorted(unknown))))
     if block_size >= min(len(train_data), len(val_data)):
-        die(f"{dataset} is too short for block_size={block_size}: {len(train_data):,} tokens to train on, "
-            f"{len(val_data):,} to validate on")
+        die(f"{dataset} is too short for block_size={block_size}")
+    if unknown:
+        die(f"the prompt start={start!r} has characters that {dataset} lacks: {sorted(unknown)}")
 
-def load_checkpoint():
-    path = os.path.join(out_dir, f"{SCRIPT}.pt")
-    if not os.path.exists(path):
-        die(f"{'resume=true' if resume else 'max_iters=0'} needs a checkpoint, and there is none at {path}")
+def load_checkpoint(path):
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        if checkpoint["script"] != SCRIPT or set(checkpoint["config"]) != set(DEFAULTS):
-            raise ValueError(f"{checkpoint['script']}.py wrote it")
-    except Exception as e:  # truncated, foreign, another script's or another version's
-        why = e if isinstance(e, ValueError) else type(e).__name__
-        die(f"{path} is not a checkpoint {SCRIPT}.py can use ({why}): train anew, or set out_dir=")
-    return checkpoint
+        if checkpoint["script"] == SCRIPT and set(checkpoint["config"]) == set(DEFAULTS):
+            return checkpoint
+    except Exception:  # none, truncated, foreign
+        pass
+    die(f"{'resume=true' if resume else 'max_iters=0'} needs a checkpoint of {SCRIPT}.py: {path} is not one")
 
 class Run:
-    """The run so far (its step, its losses), its progress lines, and its checkpoint out_dir/SCRIPT.pt."""
-
+    """The run so far (its step and losses), its progress lines, its checkpoint out_dir/SCRIPT.pt."""
     def __init__(self, checkpoint, vocab, model, *optimizers):
         self.path, self.parts = os.path.join(out_dir, f"{SCRIPT}.pt"), (vocab, model, optimizers)
         self.step, self.evals, self.losses = 0, [], []  # (step, train, val), (step, a batch's loss)
@@ -718,56 +686,42 @@ class Run:
                 for optimizer, state in zip(optimizers, checkpoint["optimizers"]) if resume else []:
                     now = optimizer.state_dict()["param_groups"]  # this run's learning rate, weight decay...
                     optimizer.load_state_dict({**state, "param_groups": now})
-            except (RuntimeError, ValueError, KeyError) as e:  # sizes, or a text, that do not fit
+            except (ValueError, RuntimeError) as e:  # another text, other sizes
                 why = e if isinstance(e, ValueError) else "other sizes"
                 die(f"{self.path} does not fit these settings ({why}); it was trained with "
                     + changed(checkpoint["config"]))
             self.step, self.evals, self.losses = checkpoint["step"], checkpoint["evals"], checkpoint["losses"]
-            print(wrap(f"loaded {self.path}: step {self.step}, val {self.evals[-1][2]:.4f}, trained with "
-                       + changed(checkpoint["config"])))
-        try:  # a folder to write in, found now rather than at the first checkpoint
-            os.makedirs(out_dir, exist_ok=True)
-        except OSError as e:
-            die(f"out_dir={out_dir!r} is not a folder this script can write in ({e.strerror})")
-        self.resumed, self.began, self.last = checkpoint and self.step, time.time(), time.time()
-        KEPT["step"] = self.resumed
+            print(f"loaded {self.path}: step {self.step}, val {self.evals[-1][2]:.4f}")
+        os.makedirs(out_dir, exist_ok=True)  # now, not at the first checkpoint
+        self.resumed = KEPT["step"] = checkpoint and self.step  # None for a new run
+        self.began = self.last = time.time()
 
-    def stepped(self, step, loss, tokens):  # every log_interval steps, and the first: a progress line
-        first = step == (self.resumed or 0) + 1
-        if (step % log_interval == 0 or first) and step % eval_interval and step < max_iters:
+    def stepped(self, step, loss, tokens):  # a progress line every log_interval steps, and after the first
+        pace, self.last, done = tokens / (time.time() - self.last), time.time(), step - (self.resumed or 0)
+        if (step % log_interval == 0 or done == 1) and step % eval_interval:
             self.losses.append((step, loss.item()))
-            print(f"step {step}/{max_iters} | loss {loss.item():.4f} |", self.pace(step, tokens))
+            left = clock((self.last - self.began) / done * (max_iters - step))
+            print(f"step {step}/{max_iters} | loss {loss.item():.4f} | {pace:,.0f} tok/s | {left} left")
 
-    def evaluating(self, step):
-        print(f"step {step}/{max_iters} | evaluating:", end=" ", flush=True)  # it may take a while
-        self.told = self.pace(step)
+    def evaluating(self, step):  # which may take a while
+        print(f"step {step}/{max_iters} | evaluating:", end=" ", flush=True)
 
-    def evaluated(self, step, losses, more):  # the line, and (once a step is trained) a checkpoint
-        print(f"train {losses['train']:.4f} | val {losses['val']:.4f} | {more} | {self.told}")
+    def evaluated(self, step, losses, more):  # its line; then, once a step is trained, a checkpoint
+        spent = clock(time.time() - self.began)
+        print(f"train {losses['train']:.4f} | val {losses['val']:.4f} | {more} | {spent}")
         self.evals.append((step, losses["train"], losses["val"]))
-        self.last = time.time()  # the pace of the steps to come, without the evaluation's time
         vocab, model, optimizers = self.parts
-        if step and not KEPT["step"] and os.path.exists(self.path):  # a new run's first: keep the last one's
-            os.makedirs(os.path.join(out_dir, "previous"), exist_ok=True)
-            os.replace(self.path, os.path.join(out_dir, "previous", f"{SCRIPT}.pt"))
-            print(f"(the last run's checkpoint is now {out_dir}/previous/{SCRIPT}.pt)")
-        try:  # to a temporary file, then renamed: never half a checkpoint (step 0's: a test of out_dir)
+        if step:  # to a temporary file first: never half a checkpoint
             torch.save({"script": SCRIPT, "config": {k: globals()[k] for k in DEFAULTS}, "vocab": vocab,
                         "step": step, "evals": self.evals, "losses": self.losses, "model": model.state_dict(),
                         "optimizers": [o.state_dict() for o in optimizers]}, self.path + ".tmp")
-            os.replace(self.path + ".tmp", self.path) if step else None
+            if not KEPT["step"] and os.path.exists(self.path):  # a new run's first: keep the last run's
+                os.makedirs(f"{out_dir}/previous", exist_ok=True)
+                os.replace(self.path, f"{out_dir}/previous/{SCRIPT}.pt")
+                print(f"(the last run's checkpoint is now {out_dir}/previous/{SCRIPT}.pt)")
+            os.replace(self.path + ".tmp", self.path)
             KEPT["step"] = step
-        finally:
-            if os.path.exists(self.path + ".tmp"):
-                os.remove(self.path + ".tmp")
-
-    def pace(self, step, tokens=0):  # tokens per second, time spent, and time left, at the recent pace
-        now, steps = time.time(), step - self.step
-        said = f"{tokens * steps / (now - self.last):,.0f} tok/s | " if tokens else ""
-        said += clock(now - self.began)
-        said += f" | {clock((now - self.last) / steps * (max_iters - step))} left" if steps else ""
-        self.step, self.last = step, now
-        return said
+        self.last = time.time()
 
     def plot(self):  # a batch's loss at each progress line; the train and val loss at each evaluation
         if fig := figure(figsize=(6, 4)):
@@ -776,15 +730,11 @@ class Run:
             steps, train, val = zip(*self.evals)
             ax.plot(steps, train, "o-", color="C0", label="train")
             ax.plot(steps, val, "o-", color="C1", label="val")
-            ax.set(xlabel="step", ylabel="loss (nats per token)")
-            ax.set_title(wrap(f"{SCRIPT}.py " + changed({k: globals()[k] for k in DEFAULTS})), fontsize=8)
+            ax.set(xlabel="step", ylabel="loss (nats per token)", title=f"{SCRIPT}.py")
             ax.legend()
             show(fig, "loss")
 
-def clock(seconds):
-    return f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
-
-def figure(**kwargs):  # not pyplot's, which a notebook's backend would draw twice
+def figure(**kwargs):  # matplotlib's Figure, not pyplot's (which a notebook would draw twice), if installed
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -807,9 +757,9 @@ if __name__ == "__main__":
             if KEPT.get("step") else "interrupted before this run's first checkpoint", 130)
     except ImportError as e:  # a package that is not installed
         die(f"this needs {e.name}: pip install {dict(bs4='beautifulsoup4').get(e.name, e.name)}")
-    except OSError as e:  # a file that cannot be read or written: a full disk, say
+    except OSError as e:  # a file that cannot be read or written, a full disk
         die(f"could not read or write {e.filename}: {e.strerror or e}")
-    except RuntimeError as e:  # torch.OutOfMemoryError is one
+    except RuntimeError as e:  # torch.OutOfMemoryError is one; a CPU's is "can't allocate memory"
         if "out of memory" not in str(e) and "can't allocate memory" not in str(e):
             raise
         die(f"out of memory on {device}: make batch_size, block_size or the model smaller")

@@ -1,19 +1,16 @@
 """
-Step 2 of "Let's build GPT": the lecture's GPT, as its code has it, writing one character at a time.
+Step 2 of "Let's build GPT": the lecture's GPT as its code has it, writing one character at a time: Head,
+MultiHeadAttention, FeedFoward (sic) and Block, trained with AdamW at a constant rate. Each idea the lecture
+adds is a switch (mlp, residual, layernorm), and each rung of its ladder one command.
 
-Each position reads the characters before it through causal self-attention: the lecture's Head,
-MultiHeadAttention, FeedFoward (sic) and Block, trained as it trained them, with AdamW at a constant
-rate. Each idea the lecture adds is a switch, and each rung of its ladder one command.
-
-Run:   python gpt_char.py                  tinyshakespeare (dataset=atticus: Cicero's letters, as in step 3)
+Run:   python gpt_char.py                  tinyshakespeare (dataset=PATH: a UTF-8 text file of yours)
        python gpt_char.py lecture=heads    a rung: head, heads, ffwd, residual, layernorm, full
        python gpt_char.py resume=true      after Ctrl-C: go on from the last checkpoint
        python gpt_char.py max_iters=0      only sample from out/gpt_char.pt (start="ROMEO:": its prompt)
        python -m doctest -v gpt_char.py    the mathematical trick in self-attention, three ways
        python gpt_char.py --help           every setting, its value here and its meaning
 
-Expect: val loss 1.706 (2.46 bits per character) in 207 s on 2 cores of an AMD EPYC CPU, and a sample that
-looks like a play.
+Expect: val loss 1.706 (2.46 bits per character) in 207 s on 2 cores of an AMD EPYC CPU.
 """
 
 import math
@@ -22,7 +19,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-# ---------------------------------------------------------------------- hyperparameters: the lecture's
+# hyperparameters: the lecture's ------------------------------------
 batch_size = 64  # how many independent sequences will we process in parallel?
 block_size = 256  # what is the maximum context length for predictions?
 max_iters = 5000  # steps of the optimizer
@@ -40,15 +37,13 @@ residual = True  # each block adds to x; false: replaces it
 layernorm = True  # ln1, ln2, ln_f and the init of gpt.py; false: none, and PyTorch's init
 lecture = ""  # a rung of the ladder: head, heads, ffwd, residual, layernorm, full
 # ... and the run's
-dataset = "shakespeare"  # or atticus (Cicero's letters), or the path of a UTF-8 text
+dataset = "shakespeare"  # or the path of a UTF-8 text
 seed = 1337  # same seed and device, same losses
 log_interval = 50  # steps between progress lines
 out_dir = "out"  # for the checkpoint and the pictures
 resume = False  # go on from out_dir/gpt_char.pt
 start = "\n"  # the prompt the sample continues
 max_new_tokens = 500  # characters to sample
-temperature = 1.0  # < 1 sharper, > 1 wilder
-top_k = 0  # draw among the k likeliest only; 0: all
 # on a CPU or an Apple GPU (mps) these replace the values above, to train in minutes:
 LAPTOP = dict(batch_size=32, block_size=64, max_iters=2100, eval_interval=700, learning_rate=1e-3,
               eval_iters=20, n_embd=96, n_head=4, n_layer=4, dropout=0.0)
@@ -64,8 +59,8 @@ LECTURE = {  # lecture=NAME: the model of a rung (its attention projection and 4
                  dropout=0.2),  # the lecture's GPT, which a GPU trains by default
 }
 
-# ------------------------------------------------------------------------------ data and tokenizer
-TEXTS = {"shakespeare": "tinyshakespeare.txt", "atticus": "atticus.xml"}  # dataset= -> data/NAME
+# data and tokenizer ------------------------------------------------
+TEXTS = {"shakespeare": "tinyshakespeare.txt"}  # dataset= -> data/NAME
 
 def tokenizer(text):
     # here are all the unique characters that occur in this text
@@ -77,10 +72,9 @@ def tokenizer(text):
     decode = lambda l: "".join([itos[i] for i in l])  # decoder: take a list of integers, output a string
     return chars, encode, decode
 
-# --------------------------------------------------------------------------------------------- model
+# model -------------------------------------------------------------
 def the_trick(B=4, T=8, C=2):
-    """The mathematical trick in self-attention: position t averages positions 0..t, three ways; the
-    third is attention whose affinities are all 0, where a Head learns them.
+    """The mathematical trick in self-attention: position t averages positions 0..t, three ways.
 
     >>> xbow, xbow2, xbow3 = the_trick()
     >>> torch.allclose(xbow, xbow2) and torch.allclose(xbow, xbow3)
@@ -229,11 +223,8 @@ class GPTLanguageModel(nn.Module):
             idx_cond = idx[:, -block_size:]
             # get the predictions
             logits, loss = self(idx_cond)
-            # focus only on the last time step, sharpened or flattened by the temperature
-            logits = logits[:, -1, :] / temperature  # becomes (B, C)
-            if top_k:  # only the top_k likeliest may be drawn
-                kth = torch.topk(logits, min(top_k, logits.size(-1)))[0][:, [-1]]
-                logits[logits < kth] = -float("inf")
+            # focus only on the last time step
+            logits = logits[:, -1, :]  # becomes (B, C)
             # apply softmax to get probabilities
             probs = F.softmax(logits, dim=-1)  # (B, C)
             # sample from the distribution
@@ -242,7 +233,7 @@ class GPTLanguageModel(nn.Module):
             idx = torch.cat((idx, idx_next), dim=1)  # (B, T+1)
         return idx
 
-# ------------------------------------------------------------------------------------------ training
+# training ----------------------------------------------------------
 def get_batch(data, generator=None):
     # generate a small batch of data of inputs x and targets y
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
@@ -253,8 +244,7 @@ def get_batch(data, generator=None):
 
 @torch.no_grad()
 def estimate_loss(model, train_data, val_data):
-    """The train loss of eval_iters random batches (the same ones every time). The val loss of every val
-    token once, not of random batches: an exact figure, and of the same characters in every step."""
+    """The train loss of eval_iters random batches (the same each time); the val loss of every val token."""
     out = {}
     model.eval()
     generator = torch.Generator().manual_seed(seed)
@@ -293,27 +283,14 @@ def train(model, optimizer, train_data, val_data, run):
         optimizer.step()
         run.stepped(iter + 1, loss, xb.numel())
 
-# ------------------------------------------------------------------------------------------ sampling
+# sampling ----------------------------------------------------------
 @torch.no_grad()
 def sample(model, encode):  # the prompt start=, continued by max_new_tokens tokens, with dropout off
     model.eval()
     context = torch.tensor([encode(start)], dtype=torch.long, device=device)
     return model.generate(context, max_new_tokens)[0].tolist()
 
-@torch.no_grad()
-def last_block_attention(model, ids):
-    """What each head of the last block attends to while reading ids: the wei each hands its dropout.
-    (n_head, T, T); row t weighs positions 0..t."""
-    model.eval()
-    weights = []
-    hooks = [head.dropout.register_forward_hook(lambda m, args, out: weights.append(args[0][0]))
-             for head in model.blocks[-1].sa.heads]
-    model(torch.tensor([ids], device=device))
-    for hook in hooks:
-        hook.remove()
-    return torch.stack(weights).cpu()
-
-# ---------------------------------------------------------------------------------------------- main
+# main --------------------------------------------------------------
 def main():
     checkpoint = configure(device=dict(cpu=LAPTOP, mps=LAPTOP), lecture=LECTURE)  # these functions
     torch.manual_seed(seed)  # (configure, load_text, check_data, Run, draw_attention) are below main()
@@ -338,24 +315,17 @@ def main():
         run.plot()
     # generate from the model
     ids = sample(model, encode)
-    print(f"--- sample, temperature {temperature} ---\n{decode(ids)}")
-    ids = ids[:min(32, block_size)]  # where does the last block look, reading the sample's start?
-    draw_attention(last_block_attention(model, ids), decode(ids))
+    print(f"--- sample ---\n{decode(ids)}")
 
-# ===================================================================================================
-# Plumbing, each block the same in every script that needs it: settings, errors, data files,
-# checkpoints, progress lines, pictures. The lesson is above.
-# ===================================================================================================
-import difflib, os, re, shutil, socket, sys, textwrap, time  # noqa: E401,E402  the plumbing's own
-
-# every lower-case global of the hyperparameters is a setting, with its value there: name=value
-DEFAULTS = {k: v for k, v in globals().items() if k[0].islower() and isinstance(v, (int, float, str))}
+# Plumbing ========= the same in every script: settings, data, checkpoints, progress, pictures, errors
+import difflib, os, re, socket, sys, textwrap, time  # noqa: E401,E402
 
 SCRIPT = "gpt_char"
-NOTEBOOK = "__file__" not in globals()  # pasted into a cell: no file, and sys.argv is the kernel's
+DEFAULTS = {k: v for k, v in globals().items() if k[0].islower() and isinstance(v, (int, float, str))}
+NOTEBOOK = "__file__" not in globals()  # pasted into a cell
 DATA_DIR = "data" if NOTEBOOK else os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
-OWN = ("device", "out_dir", "resume")  # this run's own: never read from a checkpoint
-KEPT = {}  # the step of this run that out_dir/SCRIPT.pt holds: what Ctrl-C says
+OWN = ("device", "out_dir", "resume")  # never taken from a checkpoint
+KEPT = {}  # the step that out_dir/SCRIPT.pt keeps
 
 def problems():  # what this script's settings cannot be
     return [said for bad, said in [
@@ -366,155 +336,107 @@ def problems():  # what this script's settings cannot be
          "batch_size, block_size, n_embd, n_head, eval_interval, eval_iters, log_interval: 1 or more"),
         (dropout >= 1, f"dropout={dropout} is not below 1"),
         (residual and not mlp, "mlp=false needs residual=false, as in the rungs before FeedFoward"),
-        (not start or not temperature, "start= and temperature= cannot be empty or 0"),
+        (not start, "start= cannot be empty"),
     ] if bad]
 
-def die(said, status=1):  # one sentence and a non-zero exit status; in a notebook, the cell's error
-    first, *more = f"{SCRIPT}: {said}".split("\n")
-    said = "\n".join([wrap(first), *more])  # in lines of at most 110 characters
+def die(said, status=1):  # one sentence, and a non-zero exit status (in a notebook: the cell's error)
     if NOTEBOOK:
-        raise Stopped(said) from None
-    print(said, file=sys.stderr)
+        raise Stopped(wrap(f"{SCRIPT}: {said}")) from None
+    print(wrap(f"{SCRIPT}: {said}"), file=sys.stderr)
     sys.exit(status)
-
 class Stopped(Exception):
-    _render_traceback_ = lambda self: [str(self)]  # noqa: E731  what IPython shows, not a traceback
+    _render_traceback_ = lambda self: [str(self)]  # noqa: E731  what IPython shows: no traceback
 
-def configure(**presets):
-    """The settings, each layer over the one before: the lines above; for a new run the presets (the
-    sizes of presets["device"][device], a LECTURE rung), or to resume or sample from the command line
-    the checkpoint's settings; the values given as name=value. Returns the checkpoint, or None."""
+def configure(**presets):  # sets the settings; returns the checkpoint to go on from, or None
     args = [] if NOTEBOOK else sys.argv[1:]
     given = dict(parse(arg) for arg in args if arg not in ("-h", "--help"))
-    globals().update(given)  # first: they choose the presets, and whether to read a checkpoint
-    checkpoint = load_checkpoint() if resume or max_iters == 0 else None
-    saved = checkpoint["config"] if checkpoint and not NOTEBOOK else {}  # a notebook's cell says it all
-    told = []  # what the presets set: in a notebook, over the lines above
-    for name, table in {} if saved else presets.items():
-        if preset := table.get(globals()[name]):
-            globals().update(preset)
-            told.append(wrap(f"{name}={globals()[name]} sets {listed(preset)}"))
-    globals().update({k: v for k, v in saved.items() if k not in OWN}, **given)
-    if "-h" in args or "--help" in args:  # the docstring, then the settings as they would be
+    globals().update(given)  # which choose the presets, and whether a checkpoint is read
+    checkpoint = load_checkpoint(f"{out_dir}/{SCRIPT}.pt") if resume or max_iters == 0 else None
+    if checkpoint and not NOTEBOOK:  # its settings, or (a new run, a notebook) the presets'
+        globals().update({k: v for k, v in checkpoint["config"].items() if k not in OWN})
+    for name, table in {} if checkpoint and not NOTEBOOK else presets.items():
+        globals().update(table.get(globals()[name], {}))  # device=cpu: LAPTOP; lecture=NAME: its rung
+    globals().update(given)  # and over them all, the values given
+    if "-h" in args or "--help" in args:  # the settings as they would be, with their comments
         notes = dict(reversed(re.findall(r"^(\w+) = .*?  # (.*)$", open(__file__).read(), re.M)))
-        print(__doc__.strip(), "\nSettings (name=value), as they would be here:",
-              *(wrap(f"  {f'{k}={globals()[k]!r}':<24} {notes.get(k, '')}") for k in DEFAULTS),
-              *(wrap(f"{name}={value} sets {listed(preset)}") for name, table in presets.items()
-                for value, preset in table.items()), sep="\n")
+        print(__doc__.strip(), "\nSettings (name=value), as they would be here:", sep="\n")
+        for k in DEFAULTS:
+            print(wrap(f"  {f'{k}={globals()[k]!r}':<24} {notes.get(k, '')}"))
         sys.exit(0)
-    said = problems() + [f"{k}={v} is below 0" for k, v in globals().items() if k in DEFAULTS and
-                         not isinstance(v, str) and v < 0]
+    numbers = {k: globals()[k] for k in DEFAULTS if not isinstance(DEFAULTS[k], str)}
+    said = problems() + [f"{k}={v} is below 0" for k, v in numbers.items() if v < 0]
     try:
         torch.empty(0, device=device)
-    except Exception:  # not a device's name, or not one of this machine's
+    except Exception:
         said.append(f"device={device!r} is not a device of this machine")
     if said:
         die(said[0], 2)
-    for line in told:
-        print(line)
-    torch.backends.cuda.matmul.allow_tf32 = True  # on a CUDA GPU: TF32 matrix products, much faster
+    print(wrap(f"{SCRIPT}.py {changed(globals())}"))
+    torch.backends.cuda.matmul.allow_tf32 = True  # on a CUDA GPU, TF32 matrix products: much faster
     return checkpoint
 
-def parse(arg):  # 'name=value' -> (name, value of the default's type; a bool: true, false, 1 or 0)
+def parse(arg):  # 'name=value' -> (name, the value in the type of the default)
     name, equals, text = arg.lstrip("-").partition("=")
     if name not in DEFAULTS or not equals:
         close = difflib.get_close_matches(name, DEFAULTS, 1)
         die(f"unknown setting {arg!r}{f' (did you mean {close[0]}=...?)' if close else ''}: see --help", 2)
     kind = type(DEFAULTS[name])
     try:
-        value = kind(text) if kind is not bool else {"true": True, "1": True, "false": False, "0": False}[
-            text.lower()]
+        value = {"true": True, "false": False}[text.lower()] if kind is bool else kind(text)
         if kind is float and not math.isfinite(value):
             raise ValueError
     except (KeyError, ValueError):
-        what = {bool: "true, false, 1 or 0", int: "a whole number"}.get(kind, "a finite number")
+        what = {bool: "true or false", int: "a whole number"}.get(kind, "a finite number")
         die(f"{name}={text!r} is not {what}", 2)
     return name, value
 
-def wrap(line):  # folded at 110 characters
-    return textwrap.fill(line, 110, subsequent_indent="    ")
+def wrap(line):  # in lines of at most 110 characters
+    return textwrap.fill(line, 110, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False)
+def changed(settings):  # name=value for each setting not as above
+    return " ".join(f"{k}={settings[k]!r}" for k in DEFAULTS if k not in OWN and settings[k] != DEFAULTS[k])
+def clock(seconds):
+    return f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
 
-def listed(settings):  # as name=value
-    return " ".join(f"{k}={v!r}" for k, v in settings.items())
+DATA_FILES = {"tinyshakespeare.txt": (  # data/NAME: its URL and SHA-256
+    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+    "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed")}
 
-def changed(settings):  # those that differ from the lines above
-    return listed({k: v for k, v in settings.items() if v != DEFAULTS[k] and k not in OWN})
+def data_files(*names):  # the paths of data/NAME..., downloaded and checked if missing
+    for name in names:
+        path, (url, sha256) = os.path.join(DATA_DIR, name), DATA_FILES[name]
+        if not os.path.exists(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            socket.setdefaulttimeout(30)  # torch.hub would wait forever
+            try:
+                torch.hub.download_url_to_file(url, path, hash_prefix=sha256)
+            except Exception as e:  # no network, a wrong address, a corrupted download
+                die(f"could not download {url} ({e}): download it by hand as {path}")
+    return [os.path.join(DATA_DIR, name) for name in names]
 
-DATA_FILES = {  # data/NAME: where it is downloaded from, and its SHA-256
-    "tinyshakespeare.txt": (
-        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"),
-    "atticus.xml": (
-        "https://raw.githubusercontent.com/PerseusDL/canonical-latinLit/1066a551aa5445ab165e9b490a6bb06ce"
-        "72828da/data/phi0474/phi057/phi0474.phi057.perseus-lat1.xml",
-        "82e361a4dcf554470eab9daba9cc02b0e0ea34d13dc4ae3bf35ea98d2b18f3fe"),
-}
-
-def data_files(*names):  # the paths of data/NAME..., each downloaded if it is missing
-    paths = [os.path.join(DATA_DIR, name) for name in names]
-    try:
-        for name, path in zip(names, paths):
-            if not os.path.exists(path):
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                socket.setdefaulttimeout(30)  # torch.hub would wait forever
-                url, sha256 = DATA_FILES[name]
-                torch.hub.download_url_to_file(url, path, hash_prefix=sha256)  # checked, then moved in place
-    except Exception as e:  # no network, a wrong address, a corrupted download
-        missing = [f"  {DATA_FILES[n][0]}\n    to be saved as {p}" for n, p in zip(names, paths)
-                   if not os.path.exists(p)]
-        die("\n".join([f"could not download ({e}); download by hand, and save each as it says:", *missing]))
-    return paths
-
-def load_text(dataset):  # Shakespeare's plays, Cicero's letters out of their XML, or a text file
+def load_text(dataset):  # Shakespeare's plays, or a text file
     path = data_files(TEXTS[dataset])[0] if dataset in TEXTS else dataset
-    if dataset == "atticus":
-        return read_atticus(path)
     try:
-        text = open(path, encoding="utf-8").read()
+        return open(path, encoding="utf-8").read()
     except UnicodeDecodeError:
         die(f"{path} is not UTF-8 text")
-    if not text.strip() or "\x00" in text:
-        die(f"{path} is {'a binary file' if text.strip() else 'empty'}, not text")
-    return text
-
-def read_atticus(path):  # Cicero's letters in Perseus TEI, EpiDoc or hopper: dateline, salute, body
-    from bs4 import BeautifulSoup
-    import lxml  # noqa: F401  the XML parser of BeautifulSoup(..., "xml")
-    soup, letters = BeautifulSoup(open(path, encoding="utf-8"), "xml"), []
-    for letter in soup.find_all("div", subtype="letter") or soup.find_all("div2"):
-        for tag in letter.find_all(["del", "expan", "note"]):  # the editor's deletions, expansions, notes
-            tag.decompose()
-        for tag in letter.find_all(["p", "l"]):
-            tag.append(" ")  # a paragraph or a verse ends a word, even with no space after it
-        tags = [letter.find(attrs={"rend": name}) or letter.find(name) for name in ("dateline", "salute")]
-        parts = [" ".join(tag.extract().get_text().split()) if tag else "" for tag in tags]
-        letters.append("\n".join([*parts, " ".join(letter.get_text().split())]))  # then the rest
-    return "\n\n".join(letters)
 
 def check_data(train_data, val_data, unknown=()):
-    if unknown:
-        die(f"the prompt start={start!r} has characters that {dataset} lacks: "
-            + ", ".join(map(repr, sorted(unknown))))
     if block_size >= min(len(train_data), len(val_data)):
-        die(f"{dataset} is too short for block_size={block_size}: {len(train_data):,} tokens to train on, "
-            f"{len(val_data):,} to validate on")
+        die(f"{dataset} is too short for block_size={block_size}")
+    if unknown:
+        die(f"the prompt start={start!r} has characters that {dataset} lacks: {sorted(unknown)}")
 
-def load_checkpoint():
-    path = os.path.join(out_dir, f"{SCRIPT}.pt")
-    if not os.path.exists(path):
-        die(f"{'resume=true' if resume else 'max_iters=0'} needs a checkpoint, and there is none at {path}")
+def load_checkpoint(path):
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        if checkpoint["script"] != SCRIPT or set(checkpoint["config"]) != set(DEFAULTS):
-            raise ValueError(f"{checkpoint['script']}.py wrote it")
-    except Exception as e:  # truncated, foreign, another script's or another version's
-        why = e if isinstance(e, ValueError) else type(e).__name__
-        die(f"{path} is not a checkpoint {SCRIPT}.py can use ({why}): train anew, or set out_dir=")
-    return checkpoint
+        if checkpoint["script"] == SCRIPT and set(checkpoint["config"]) == set(DEFAULTS):
+            return checkpoint
+    except Exception:  # none, truncated, foreign
+        pass
+    die(f"{'resume=true' if resume else 'max_iters=0'} needs a checkpoint of {SCRIPT}.py: {path} is not one")
 
 class Run:
-    """The run so far (its step, its losses), its progress lines, and its checkpoint out_dir/SCRIPT.pt."""
-
+    """The run so far (its step and losses), its progress lines, its checkpoint out_dir/SCRIPT.pt."""
     def __init__(self, checkpoint, vocab, model, *optimizers):
         self.path, self.parts = os.path.join(out_dir, f"{SCRIPT}.pt"), (vocab, model, optimizers)
         self.step, self.evals, self.losses = 0, [], []  # (step, train, val), (step, a batch's loss)
@@ -526,56 +448,42 @@ class Run:
                 for optimizer, state in zip(optimizers, checkpoint["optimizers"]) if resume else []:
                     now = optimizer.state_dict()["param_groups"]  # this run's learning rate, weight decay...
                     optimizer.load_state_dict({**state, "param_groups": now})
-            except (RuntimeError, ValueError, KeyError) as e:  # sizes, or a text, that do not fit
+            except (ValueError, RuntimeError) as e:  # another text, other sizes
                 why = e if isinstance(e, ValueError) else "other sizes"
                 die(f"{self.path} does not fit these settings ({why}); it was trained with "
                     + changed(checkpoint["config"]))
             self.step, self.evals, self.losses = checkpoint["step"], checkpoint["evals"], checkpoint["losses"]
-            print(wrap(f"loaded {self.path}: step {self.step}, val {self.evals[-1][2]:.4f}, trained with "
-                       + changed(checkpoint["config"])))
-        try:  # a folder to write in, found now rather than at the first checkpoint
-            os.makedirs(out_dir, exist_ok=True)
-        except OSError as e:
-            die(f"out_dir={out_dir!r} is not a folder this script can write in ({e.strerror})")
-        self.resumed, self.began, self.last = checkpoint and self.step, time.time(), time.time()
-        KEPT["step"] = self.resumed
+            print(f"loaded {self.path}: step {self.step}, val {self.evals[-1][2]:.4f}")
+        os.makedirs(out_dir, exist_ok=True)  # now, not at the first checkpoint
+        self.resumed = KEPT["step"] = checkpoint and self.step  # None for a new run
+        self.began = self.last = time.time()
 
-    def stepped(self, step, loss, tokens):  # every log_interval steps, and the first: a progress line
-        first = step == (self.resumed or 0) + 1
-        if (step % log_interval == 0 or first) and step % eval_interval and step < max_iters:
+    def stepped(self, step, loss, tokens):  # a progress line every log_interval steps, and after the first
+        pace, self.last, done = tokens / (time.time() - self.last), time.time(), step - (self.resumed or 0)
+        if (step % log_interval == 0 or done == 1) and step % eval_interval:
             self.losses.append((step, loss.item()))
-            print(f"step {step}/{max_iters} | loss {loss.item():.4f} |", self.pace(step, tokens))
+            left = clock((self.last - self.began) / done * (max_iters - step))
+            print(f"step {step}/{max_iters} | loss {loss.item():.4f} | {pace:,.0f} tok/s | {left} left")
 
-    def evaluating(self, step):
-        print(f"step {step}/{max_iters} | evaluating:", end=" ", flush=True)  # it may take a while
-        self.told = self.pace(step)
+    def evaluating(self, step):  # which may take a while
+        print(f"step {step}/{max_iters} | evaluating:", end=" ", flush=True)
 
-    def evaluated(self, step, losses, more):  # the line, and (once a step is trained) a checkpoint
-        print(f"train {losses['train']:.4f} | val {losses['val']:.4f} | {more} | {self.told}")
+    def evaluated(self, step, losses, more):  # its line; then, once a step is trained, a checkpoint
+        spent = clock(time.time() - self.began)
+        print(f"train {losses['train']:.4f} | val {losses['val']:.4f} | {more} | {spent}")
         self.evals.append((step, losses["train"], losses["val"]))
-        self.last = time.time()  # the pace of the steps to come, without the evaluation's time
         vocab, model, optimizers = self.parts
-        if step and not KEPT["step"] and os.path.exists(self.path):  # a new run's first: keep the last one's
-            os.makedirs(os.path.join(out_dir, "previous"), exist_ok=True)
-            os.replace(self.path, os.path.join(out_dir, "previous", f"{SCRIPT}.pt"))
-            print(f"(the last run's checkpoint is now {out_dir}/previous/{SCRIPT}.pt)")
-        try:  # to a temporary file, then renamed: never half a checkpoint (step 0's: a test of out_dir)
+        if step:  # to a temporary file first: never half a checkpoint
             torch.save({"script": SCRIPT, "config": {k: globals()[k] for k in DEFAULTS}, "vocab": vocab,
                         "step": step, "evals": self.evals, "losses": self.losses, "model": model.state_dict(),
                         "optimizers": [o.state_dict() for o in optimizers]}, self.path + ".tmp")
-            os.replace(self.path + ".tmp", self.path) if step else None
+            if not KEPT["step"] and os.path.exists(self.path):  # a new run's first: keep the last run's
+                os.makedirs(f"{out_dir}/previous", exist_ok=True)
+                os.replace(self.path, f"{out_dir}/previous/{SCRIPT}.pt")
+                print(f"(the last run's checkpoint is now {out_dir}/previous/{SCRIPT}.pt)")
+            os.replace(self.path + ".tmp", self.path)
             KEPT["step"] = step
-        finally:
-            if os.path.exists(self.path + ".tmp"):
-                os.remove(self.path + ".tmp")
-
-    def pace(self, step, tokens=0):  # tokens per second, time spent, and time left, at the recent pace
-        now, steps = time.time(), step - self.step
-        said = f"{tokens * steps / (now - self.last):,.0f} tok/s | " if tokens else ""
-        said += clock(now - self.began)
-        said += f" | {clock((now - self.last) / steps * (max_iters - step))} left" if steps else ""
-        self.step, self.last = step, now
-        return said
+        self.last = time.time()
 
     def plot(self):  # a batch's loss at each progress line; the train and val loss at each evaluation
         if fig := figure(figsize=(6, 4)):
@@ -584,15 +492,11 @@ class Run:
             steps, train, val = zip(*self.evals)
             ax.plot(steps, train, "o-", color="C0", label="train")
             ax.plot(steps, val, "o-", color="C1", label="val")
-            ax.set(xlabel="step", ylabel="loss (nats per token)")
-            ax.set_title(wrap(f"{SCRIPT}.py " + changed({k: globals()[k] for k in DEFAULTS})), fontsize=8)
+            ax.set(xlabel="step", ylabel="loss (nats per token)", title=f"{SCRIPT}.py")
             ax.legend()
             show(fig, "loss")
 
-def clock(seconds):
-    return f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
-
-def figure(**kwargs):  # not pyplot's, which a notebook's backend would draw twice
+def figure(**kwargs):  # matplotlib's Figure, not pyplot's (which a notebook would draw twice), if installed
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -606,19 +510,6 @@ def show(fig, name):  # to out_dir/SCRIPT_NAME.png, and in a notebook to the cel
         from IPython.display import Image, display
         display(Image(filename=path))
 
-def draw_attention(weights, labels):  # a heat map per head: row t is what position t attends to
-    labels = [{"\n": "\\n", " ": "␣"}.get(c, c) for c in labels]
-    rows, cols = (1, len(weights)) if len(weights) <= 3 else (2, math.ceil(len(weights) / 2))
-    if fig := figure(figsize=(1 + 4 * cols, 4 * rows), layout="constrained"):
-        for h in range(len(weights)):
-            ax = fig.add_subplot(rows, cols, h + 1, title=f"head {h}")
-            image = ax.imshow(weights[h].numpy(), vmin=0, vmax=1)
-            ax.set_xticks(range(len(labels)), labels, fontsize=min(9, 200 // len(labels)))
-            ax.set_yticks(range(len(labels)), labels, fontsize=min(9, 200 // len(labels)))
-        fig.colorbar(image, ax=fig.axes, shrink=0.6, label="attention weight")
-        fig.suptitle(f"{SCRIPT}.py: what the last block's heads attend to (a row: the position reading)")
-        show(fig, "attention")
-
 if __name__ == "__main__":
     try:
         main()
@@ -628,9 +519,9 @@ if __name__ == "__main__":
             if KEPT.get("step") else "interrupted before this run's first checkpoint", 130)
     except ImportError as e:  # a package that is not installed
         die(f"this needs {e.name}: pip install {dict(bs4='beautifulsoup4').get(e.name, e.name)}")
-    except OSError as e:  # a file that cannot be read or written: a full disk, say
+    except OSError as e:  # a file that cannot be read or written, a full disk
         die(f"could not read or write {e.filename}: {e.strerror or e}")
-    except RuntimeError as e:  # torch.OutOfMemoryError is one
+    except RuntimeError as e:  # torch.OutOfMemoryError is one; a CPU's is "can't allocate memory"
         if "out of memory" not in str(e) and "can't allocate memory" not in str(e):
             raise
         die(f"out of memory on {device}: make batch_size, block_size or the model smaller")

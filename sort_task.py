@@ -407,27 +407,27 @@ def die(said, status=1):  # one sentence, and a non-zero exit status (in a noteb
         raise Stopped(wrap(f"{SCRIPT}: {said}")) from None
     print(wrap(f"{SCRIPT}: {said}"), file=sys.stderr)
     sys.exit(status)
+
 class Stopped(Exception):
     _render_traceback_ = lambda self: [str(self)]  # noqa: E731  what IPython shows: no traceback
 
 def configure(**presets):  # sets the settings; returns the checkpoint to go on from, or None
     args = [] if NOTEBOOK else sys.argv[1:]
     given = dict(parse(arg) for arg in args if arg not in ("-h", "--help"))
-    globals().update(given)  # which choose the presets, and whether a checkpoint is read
+    globals().update(given)  # they choose the presets, and whether a checkpoint is read
     checkpoint = load_checkpoint(f"{out_dir}/{SCRIPT}.pt") if resume or max_iters == 0 else None
-    if checkpoint and not NOTEBOOK:  # its settings, or (a new run, a notebook) the presets'
-        globals().update({k: v for k, v in checkpoint["config"].items() if k not in OWN})
-    for name, table in {} if checkpoint and not NOTEBOOK else presets.items():
-        globals().update(table.get(globals()[name], {}))  # device=cpu: LAPTOP; lecture=NAME: its rung
-    globals().update(given)  # and over them all, the values given
+    saved = checkpoint["config"] if checkpoint and not NOTEBOOK else {}  # (a notebook's cell says all)
+    for name, table in {} if saved else presets.items():  # device=cpu: LAPTOP; lecture=NAME: its rung
+        globals().update(table.get(globals()[name], {}))
+    globals().update({k: v for k, v in saved.items() if k not in OWN}, **given)
     if "-h" in args or "--help" in args:  # the settings as they would be, with their comments
         notes = dict(reversed(re.findall(r"^(\w+) = .*?  # (.*)$", open(__file__).read(), re.M)))
         print(__doc__.strip(), "\nSettings (name=value), as they would be here:", sep="\n")
         for k in DEFAULTS:
             print(wrap(f"  {f'{k}={globals()[k]!r}':<24} {notes.get(k, '')}"))
         sys.exit(0)
-    numbers = {k: globals()[k] for k in DEFAULTS if not isinstance(DEFAULTS[k], str)}
-    said = problems() + [f"{k}={v} is below 0" for k, v in numbers.items() if v < 0]
+    said = problems() + [f"{k}={v} is below 0" for k, v in globals().items()
+                         if k in DEFAULTS and not isinstance(v, str) and v < 0]
     try:
         torch.empty(0, device=device)
     except Exception:
@@ -455,8 +455,10 @@ def parse(arg):  # 'name=value' -> (name, the value in the type of the default)
 
 def wrap(line):  # in lines of at most 110 characters
     return textwrap.fill(line, 110, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False)
+
 def changed(settings):  # name=value for each setting not as above
     return " ".join(f"{k}={settings[k]!r}" for k in DEFAULTS if k not in OWN and settings[k] != DEFAULTS[k])
+
 def clock(seconds):
     return f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
 
@@ -471,8 +473,9 @@ def load_checkpoint(path):
 
 class Run:
     """The run so far (its step and losses), its progress lines, its checkpoint out_dir/SCRIPT.pt."""
+
     def __init__(self, checkpoint, vocab, model, *optimizers):
-        self.path, self.parts = os.path.join(out_dir, f"{SCRIPT}.pt"), (vocab, model, optimizers)
+        self.path, self.parts = f"{out_dir}/{SCRIPT}.pt", (vocab, model, optimizers)
         self.step, self.evals, self.losses = 0, [], []  # (step, train, val), (step, a batch's loss)
         if checkpoint:
             try:
@@ -482,12 +485,15 @@ class Run:
                 for optimizer, state in zip(optimizers, checkpoint["optimizers"]) if resume else []:
                     now = optimizer.state_dict()["param_groups"]  # this run's learning rate, weight decay...
                     optimizer.load_state_dict({**state, "param_groups": now})
-            except (ValueError, RuntimeError) as e:  # another text, other sizes
+            except (ValueError, RuntimeError) as e:  # another text; other sizes
                 why = e if isinstance(e, ValueError) else "other sizes"
-                die(f"{self.path} does not fit these settings ({why}); it was trained with "
-                    + changed(checkpoint["config"]))
+                die(f"{self.path} does not fit ({why}); it was trained with {changed(checkpoint['config'])}")
             self.step, self.evals, self.losses = checkpoint["step"], checkpoint["evals"], checkpoint["losses"]
             print(f"loaded {self.path}: step {self.step}, val {self.evals[-1][2]:.4f}")
+        elif os.path.exists(self.path):  # a new run: the last run's checkpoint is kept in previous/
+            os.makedirs(f"{out_dir}/previous", exist_ok=True)
+            os.replace(self.path, f"{out_dir}/previous/{SCRIPT}.pt")
+            print(f"(the last run's checkpoint is now {out_dir}/previous/{SCRIPT}.pt)")
         os.makedirs(out_dir, exist_ok=True)  # now, not at the first checkpoint
         self.resumed = KEPT["step"] = checkpoint and self.step  # None for a new run
         self.began = self.last = time.time()
@@ -511,10 +517,6 @@ class Run:
             torch.save({"script": SCRIPT, "config": {k: globals()[k] for k in DEFAULTS}, "vocab": vocab,
                         "step": step, "evals": self.evals, "losses": self.losses, "model": model.state_dict(),
                         "optimizers": [o.state_dict() for o in optimizers]}, self.path + ".tmp")
-            if not KEPT["step"] and os.path.exists(self.path):  # a new run's first: keep the last run's
-                os.makedirs(f"{out_dir}/previous", exist_ok=True)
-                os.replace(self.path, f"{out_dir}/previous/{SCRIPT}.pt")
-                print(f"(the last run's checkpoint is now {out_dir}/previous/{SCRIPT}.pt)")
             os.replace(self.path + ".tmp", self.path)
             KEPT["step"] = step
         self.last = time.time()
@@ -530,7 +532,7 @@ class Run:
             ax.legend()
             show(fig, "loss")
 
-def figure(**kwargs):  # matplotlib's Figure, not pyplot's (which a notebook would draw twice), if installed
+def figure(**kwargs):  # matplotlib's Figure (not pyplot's, which a notebook would draw twice), if installed
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -538,7 +540,7 @@ def figure(**kwargs):  # matplotlib's Figure, not pyplot's (which a notebook wou
     return Figure(**kwargs)
 
 def show(fig, name):  # to out_dir/SCRIPT_NAME.png, and in a notebook to the cell too
-    fig.savefig(path := os.path.join(out_dir, f"{SCRIPT}_{name}.png"), dpi=120, bbox_inches="tight")
+    fig.savefig(path := f"{out_dir}/{SCRIPT}_{name}.png", dpi=120, bbox_inches="tight")
     print(f"{name} picture saved to {path}")
     if NOTEBOOK:
         from IPython.display import Image, display

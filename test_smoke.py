@@ -252,7 +252,8 @@ def test_a_preset_in_a_notebook_sets_its_rung_and_says_so(tmp_path):
     ).replace('"head": dict(RUNG,', '"head": dict(RUNG, max_iters=2,')
     p = notebook("gpt_char", tmp_path, source)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "gpt_char.py batch_size=32 block_size=8 " in p.stdout and " n_head=1 " in p.stdout
+    told = " ".join(p.stdout.split())
+    assert "gpt_char.py batch_size=32 block_size=8 " in told and " n_head=1 " in told
     assert torch.load(tmp_path / "out" / "gpt_char.pt", weights_only=True)["config"]["n_embd"] == 32
 
 
@@ -1095,7 +1096,7 @@ def test_sampling_from_a_checkpoint_needs_no_settings(tmp_path, monkeypatch, cap
     assert out.split(SAMPLE_MARK)[1].split("\n", 1)[1].startswith("ROMEO") and EVAL.search(out) is None
     assert sha256(path) == saved and not plot.exists()
     status, _, err = run("gpt_char", ["max_iters=0", "n_layer=3"], monkeypatch, capsys, tiny=False)
-    assert status == 1 and one_sentence(err, "gpt_char") and "does not fit these settings" in err, err
+    assert status == 1 and one_sentence(err, "gpt_char") and "does not fit (" in err, err
     assert "n_layer=2" in err and sha256(path) == saved
 
 
@@ -1134,19 +1135,17 @@ def test_a_bad_checkpoint_ends_in_one_sentence_and_is_kept(script, tmp_path, mon
 
 
 def test_a_new_run_keeps_the_last_runs_checkpoint(tmp_path, monkeypatch, capsys):
-    """A new run stopped before its first checkpoint leaves the last run's where it was; one that writes its
-    first moves the last run's to out/previous/ and says so, and resume=true goes on from it there."""
+    """A new run moves the last run's checkpoint to out/previous/ and says so (stopped before its own first
+    checkpoint, too), and resume=true goes on from it there."""
     monkeypatch.chdir(tmp_path)
     assert run("gpt_char", [], monkeypatch, capsys)[0] == 0
     trained = sha256(tmp_path / "out" / "gpt_char.pt")
     with monkeypatch.context() as m:
         m.setattr(torch.optim.AdamW, "step", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt))
-        assert run("gpt_char", ["max_iters=8"], monkeypatch, capsys)[0] == 130
-    assert (
-        sha256(tmp_path / "out" / "gpt_char.pt") == trained and not (tmp_path / "out" / "previous").exists()
-    )
-    status, out, _ = run("gpt_char", ["max_iters=8", "n_embd=8"], monkeypatch, capsys)
-    assert status == 0 and "(the last run's checkpoint is now out/previous/gpt_char.pt)" in out
+        status, out, err = run("gpt_char", ["max_iters=8"], monkeypatch, capsys)
+    assert status == 130 and "(the last run's checkpoint is now out/previous/gpt_char.pt)" in out
+    assert err.strip() == "gpt_char: interrupted before this run's first checkpoint"
+    assert listing(tmp_path / "out") == ["gpt_char_loss.png", "previous/gpt_char.pt"]
     assert sha256(tmp_path / "out" / "previous" / "gpt_char.pt") == trained
     status, out, err = run(
         "gpt_char", ["resume=true", "out_dir=out/previous", "max_iters=6"], monkeypatch, capsys, tiny=False
@@ -1172,8 +1171,8 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_last_one(tmp_path, monkey
     assert sha256(path) == saved
     status, out, err = run("gpt_char", [], monkeypatch, capsys)  # a new run, the disk still full
     assert status == 1 and "No space left on device" in err and one_sentence(err, "gpt_char"), err
-    assert [f for f in listing(tmp_path / "out") if f.endswith(".pt")] == ["gpt_char.pt"]
-    assert sha256(path) == saved  # its first checkpoint failed: nothing moved, nothing lost
+    assert [f for f in listing(tmp_path / "out") if f.endswith(".pt")] == ["previous/gpt_char.pt"]
+    assert sha256(tmp_path / "out" / "previous" / "gpt_char.pt") == saved  # kept, as a new run keeps it
 
 
 @pytest.mark.parametrize(
@@ -1615,7 +1614,7 @@ def test_the_tokenizer_is_trained_on_the_training_text_alone(tmp_path, monkeypat
     out = capsys.readouterr().out
     assert "tokens (trained)" in out and out.split(SAMPLE_MARK)[1].split("\n", 1)[1].startswith("Scr. Romae")
     status, _, err = run("gpt_bpe", ["max_iters=0", "tokenizer=tiktoken"], monkeypatch, capsys, tiny=False)
-    assert status == 1 and "does not fit these settings" in err and one_sentence(err, "gpt_bpe"), err
+    assert status == 1 and "does not fit (" in err and one_sentence(err, "gpt_bpe"), err
 
 
 # ---------------------------------------------------------------------------- sort task
@@ -1833,7 +1832,8 @@ def test_shared_blocks_have_the_same_text(names, scripts):
             assert found[script][name] == first, f"{name} differs between {scripts[0]}.py and {script}.py"
 
 
-BUDGETS = {"bigram": 240, "gpt_char": 300, "gpt_bpe": 570, "sort_task": 420}  # the lesson's lines at most
+BUDGETS = {"bigram": 240, "gpt_char": 320, "gpt_bpe": 570, "sort_task": 420}  # the lesson's lines at most
+PLUMBING_LINES, PLUMBING_BYTES = 230, 13_500  # the plumbing's size at most, from the banner on
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -1867,4 +1867,4 @@ def test_the_lesson_comes_first_and_the_plumbing_is_short(script):
     banner = next(i for i, line in enumerate(lines) if line.startswith("# Plumbing"))
     assert max(map(len, lines)) <= 110
     assert banner <= BUDGETS[script]
-    assert len(lines) - banner <= 180 and len("\n".join(lines[banner:]).encode()) <= 10_000
+    assert len(lines) - banner <= PLUMBING_LINES and len("\n".join(lines[banner:]).encode()) <= PLUMBING_BYTES

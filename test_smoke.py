@@ -126,6 +126,20 @@ def shakespeare_text():
 
 
 # ------------------------------------------------------------------ end to end, as a user
+def test_sort_task_default_sorts_every_held_out_input(tmp_path):  # the longest test, so first
+    p = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "sort_task.py"), "device=cpu"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        env=ONE_THREAD,
+    )
+    assert p.returncode == 0, p.stderr
+    held = re.search(r"^held-out: ([\d.]+)% of ([\d,]+) inputs sorted exactly right$", p.stdout, re.M)
+    assert held and float(held[1]) == 100.0 and held[2] == "2,730"
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_script_end_to_end(script, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -257,29 +271,29 @@ def test_a_preset_in_a_notebook_sets_its_rung_and_says_so(tmp_path):
     assert torch.load(tmp_path / "out" / "gpt_char.pt", weights_only=True)["config"]["n_embd"] == 32
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_a_real_jupyter_kernel_shows_the_pictures_in_the_cell(script, tmp_path, monkeypatch):
-    """nbclient runs the script in one cell of a real kernel: the loss (and attention) pictures are shown
-    as images, the very PNGs saved, and not as the text <Figure size ...>."""
+def test_a_real_jupyter_kernel_shows_the_pictures_in_the_cell(tmp_path, monkeypatch):
+    """nbclient runs each script in a cell of one real kernel (the namespace reset before each): its loss
+    (and attention) pictures are shown as images, the very PNGs saved, and not as the text <Figure ...>."""
     import nbformat
     from nbclient import NotebookClient
 
     os.symlink(DATA, tmp_path / "data")
     for name, value in ONE_THREAD.items():
         monkeypatch.setenv(name, value)
-    cell = nbformat.v4.new_code_cell(edited(script, **TINY[script]))
-    notebook_file = nbformat.v4.new_notebook(cells=[cell])
+    cells = [nbformat.v4.new_code_cell("%reset -f\n" + edited(script, **TINY[script])) for script in SCRIPTS]
+    notebook_file = nbformat.v4.new_notebook(cells=cells)
     NotebookClient(
         notebook_file, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     ).execute()
-    outputs = notebook_file.cells[0].outputs
-    images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
-    text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
-    names = ["loss", "attention"] if script == "sort_task" else ["loss"]
-    assert len(images) == len(names) and "<Figure size" not in text and "Traceback" not in text, text
-    assert {sha256(tmp_path / "out" / f"{script}_{name}.png") for name in names} == {
-        hashlib.sha256(__import__("base64").b64decode(o.data["image/png"])).hexdigest() for o in images
-    }
+    for script, cell in zip(SCRIPTS, notebook_file.cells):
+        images = [o for o in cell.outputs if o.output_type == "display_data" and "image/png" in o.data]
+        text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in cell.outputs)
+        names = ["loss", "attention"] if script == "sort_task" else ["loss"]
+        assert len(images) == len(names) and "<Figure size" not in text and "Traceback" not in text, text
+        assert SAMPLE_MARK in text or script == "sort_task", text
+        assert {sha256(tmp_path / "out" / f"{script}_{name}.png") for name in names} == {
+            hashlib.sha256(__import__("base64").b64decode(o.data["image/png"])).hexdigest() for o in images
+        }
 
 
 # ---------------------------------------------------------------------------- settings
@@ -760,7 +774,8 @@ def test_a_rung_sets_its_sizes_and_switches_and_yields_to_settings_given(name, m
     for key, value in {**TRAINED_AS_THE_LECTURE, **LADDER[name]}.items():
         assert getattr(g, key) == value, key
     told = capsys.readouterr().out  # the line of the settings that differ from the file's
-    assert f"lecture={name!r}" in told and (name == "full" or "gpt_char.py batch_size=32 block_size=8 " in told)
+    assert f"lecture={name!r}" in told
+    assert name == "full" or "gpt_char.py batch_size=32 block_size=8 " in told  # full: the lines above
     g = configure(
         "gpt_char",
         "max_iters=7",
@@ -1223,7 +1238,7 @@ MISTAKES = [  # (script, what the user typed, exit status, what the one sentence
     ),
     ("sort_task", ["num_digits=11"], 2, "length must be 1 or more, num_digits from 2 to 10"),
     ("sort_task", ["start=2103"], 2, "start='2103' is not 6 digits from 0 to 4"),
-    ("bigram", ["start=ROMEO€"], 1, "the prompt start='ROMEO€' has characters that shakespeare lacks: ['€']"),
+    ("bigram", ["start=ROMEO€"], 1, "start='ROMEO€' has characters that shakespeare lacks: ['€']"),
     ("gpt_char", ["start=ROMEO€"], 1, "has characters that shakespeare lacks"),
     (
         "gpt_bpe",
@@ -1324,7 +1339,8 @@ def test_a_prompt_the_text_lacks_is_refused(tmp_path, monkeypatch, capsys):
     (tmp_path / "mine.txt").write_text(OWN_TEXT.replace("\n", " "), encoding="utf-8")
     status, _, err = run("gpt_char", ["dataset=mine.txt"], monkeypatch, capsys)  # start="\n"
     assert (
-        status == 1 and err == "gpt_char: the prompt start='\\n' has characters that mine.txt lacks: ['\\n']\n"
+        status == 1
+        and err == "gpt_char: the prompt start='\\n' has characters that mine.txt lacks: ['\\n']\n"
     )
 
 
@@ -1514,12 +1530,13 @@ def test_the_gpt2_files_are_downloaded_when_missing(server, tmp_path):
     [
         (["tokenizer=scratch"], 4460),
         (["dataset=shakespeare", "tokenizer=scratch"], 11428),
-        (["compact_vocab=false", "max_iters=2", "eval_iters=1"], 50257),
+        (["compact_vocab=false", "dataset=mine.txt", "max_iters=2", "eval_iters=1"], 50257),
     ],
 )
 def test_gpt_bpe_variants(args, vocabulary, tmp_path, monkeypatch, capsys):
     """GPT2Tokenizer as the tokenizer; Shakespeare; every one of GPT-2's ids embedded."""
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.txt").write_text(OWN_TEXT, encoding="utf-8")
     status, out, err = run("gpt_bpe", args, monkeypatch, capsys)
     assert status == 0, err
     assert re.search(rf"^[\d,]+ tokens \(\w+\), {vocabulary:,} distinct,", out, re.M)
@@ -1749,20 +1766,6 @@ def test_sort_task_end_to_end_tiny(switches, tmp_path, monkeypatch, capsys):
     assert re.search(r"^judged on 2,730 held-out inputs of 46 multisets, never trained on$", out, re.M)
     assert re.search(r"^held-out: [\d.]+% of 2,730 inputs sorted exactly right$", out, re.M)
     assert "--- sample: the model sorts 210430 into " in out and "head 1 " in out
-
-
-def test_sort_task_default_sorts_every_held_out_input(tmp_path):
-    p = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "sort_task.py"), "device=cpu"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-        env=ONE_THREAD,
-    )
-    assert p.returncode == 0, p.stderr
-    held = re.search(r"^held-out: ([\d.]+)% of ([\d,]+) inputs sorted exactly right$", p.stdout, re.M)
-    assert held and float(held[1]) == 100.0 and held[2] == "2,730"
 
 
 # ----------------------------------------------------------------- one skeleton, four scripts

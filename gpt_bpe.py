@@ -622,8 +622,8 @@ def wrap(line):  # in lines of at most 110 characters
 def changed(settings):  # name=value for each setting not as above
     return " ".join(f"{k}={settings[k]!r}" for k in DEFAULTS if k not in OWN and settings[k] != DEFAULTS[k])
 
-def clock(seconds):
-    return f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
+def clock(seconds):  # as hours:minutes:seconds
+    return time.strftime("%H:%M:%S", time.gmtime(seconds))
 
 DATA_FILES = {  # data/NAME: where it is downloaded from, and its SHA-256
     "tinyshakespeare.txt": (
@@ -701,12 +701,15 @@ class Run:
         os.makedirs(out_dir, exist_ok=True)  # now, not at the first checkpoint
         self.resumed = KEPT["step"] = checkpoint and self.step  # None for a new run
         self.began = self.last = time.time()
+        self.mark = (self.step, self.began)  # the last evaluation's step and time
 
     def stepped(self, step, loss, tokens):  # a progress line every log_interval steps, and after the first
-        pace, self.last, done = tokens / (time.time() - self.last), time.time(), step - (self.resumed or 0)
-        if (step % log_interval == 0 or done == 1) and step % eval_interval:
+        (since, then), now = self.mark, time.time()
+        pace, self.last = tokens / (now - self.last), now
+        evaluates = step % eval_interval == 0 or step == max_iters  # (its line says it all)
+        if (step % log_interval == 0 or step == (self.resumed or 0) + 1) and not evaluates:
             self.losses.append((step, loss.item()))
-            left = clock((self.last - self.began) / done * (max_iters - step))
+            left = clock((now - then) / (step - since) * (max_iters - step))  # at the pace since then
             print(f"step {step}/{max_iters} | loss {loss.item():.4f} | {pace:,.0f} tok/s | {left} left")
 
     def evaluating(self, step):  # which may take a while
@@ -724,6 +727,7 @@ class Run:
             os.replace(self.path + ".tmp", self.path)
             KEPT["step"] = step
         self.last = time.time()
+        self.mark = (step, self.last)
 
     def plot(self):  # a batch's loss at each progress line; the train and val loss at each evaluation
         if fig := figure(figsize=(6, 4)):
@@ -740,7 +744,8 @@ def figure(**kwargs):  # matplotlib's Figure (not pyplot's, which a notebook wou
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        return print("no picture: matplotlib is not installed")
+        print("no picture: matplotlib is not installed")
+        return None
     return Figure(**kwargs)
 
 def show(fig, name):  # to out_dir/SCRIPT_NAME.png, and in a notebook to the cell too

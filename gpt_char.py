@@ -75,7 +75,7 @@ def the_trick(B=4, T=8, C=2):
     """The mathematical trick in self-attention: position t averages positions 0..t, three ways.
 
     >>> xbow, xbow2, xbow3 = the_trick()
-    >>> torch.allclose(xbow, xbow2) and torch.allclose(xbow, xbow3)
+    >>> torch.allclose(xbow, xbow2, atol=1e-6) and torch.allclose(xbow, xbow3, atol=1e-6)
     True
     """
     x = torch.randn(B, T, C)
@@ -198,7 +198,7 @@ class GPTLanguageModel(nn.Module):
 
         # idx and targets are both (B,T) tensor of integers
         tok_emb = self.token_embedding_table(idx)  # (B,T,C)
-        pos_emb = self.position_embedding_table(torch.arange(T, device=idx.device))  # (T,C)
+        pos_emb = self.position_embedding_table(torch.arange(T, device=device))  # (T,C)
         x = tok_emb + pos_emb  # (B,T,C)
         x = self.blocks(x)  # (B,T,C)
         x = self.ln_f(x)  # (B,T,C)
@@ -291,7 +291,7 @@ def sample(model, encode):  # the prompt start=, continued by max_new_tokens tok
 # main --------------------------------------------------------------
 def main():
     checkpoint = configure(device=dict(cpu=LAPTOP, mps=LAPTOP), lecture=LECTURE)  # these functions
-    torch.manual_seed(seed)  # (configure, load_text, check_data, Run, draw_attention) are below main()
+    torch.manual_seed(seed)  # (configure, load_text, check_data, Run) are below main()
     text = load_text(dataset)
     chars, encode, decode = tokenizer(text)
     vocab_size = len(chars)
@@ -316,11 +316,12 @@ def main():
     print(f"--- sample ---\n{decode(ids)}")
 
 # Plumbing ========= the same in every script: settings, data, checkpoints, progress, pictures, errors
-import difflib, os, re, socket, sys, textwrap, time  # noqa: E401,E402
+import datetime, difflib, os, re, socket, sys, tempfile, textwrap, time  # noqa: E401,E402
 
 SCRIPT = "gpt_char"
-DEFAULTS = {k: v for k, v in globals().items() if k[0].islower() and isinstance(v, (int, float, str))}
-NOTEBOOK = "__file__" not in globals()  # pasted into a cell
+NOTEBOOK = "__file__" not in globals()  # pasted into a cell, whose text is IPython's In[-1]
+SOURCE = globals().get("In", [""])[-1] if NOTEBOOK else open(__file__, encoding="utf-8").read()
+DEFAULTS = {k: globals()[k] for k in re.findall(r"^([a-z]\w*) = ", SOURCE, re.M)}  # the hyperparameters
 DATA_DIR = "data" if NOTEBOOK else os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 OWN = ("device", "out_dir", "resume")  # never taken from a checkpoint
 KEPT = {}  # the step that out_dir/SCRIPT.pt keeps
@@ -332,6 +333,7 @@ def problems():  # what this script's settings cannot be
         (lecture not in ("", *LECTURE), f"lecture={lecture!r} is not one of {', '.join(LECTURE)}"),
         (min(batch_size, block_size, n_embd, n_head, eval_interval, eval_iters, log_interval) < 1,
          "batch_size, block_size, n_embd, n_head, eval_interval, eval_iters, log_interval: 1 or more"),
+        (n_head > n_embd, f"n_head={n_head} is more than n_embd={n_embd}: each head would be 0 wide"),
         (dropout >= 1, f"dropout={dropout} is not below 1"),
         (residual and not mlp, "mlp=false needs residual=false, as in the rungs before FeedFoward"),
         (not start, "start= cannot be empty"),
@@ -349,14 +351,16 @@ class Stopped(Exception):
 def configure(**presets):  # sets the settings; returns the checkpoint to go on from, or None
     args = [] if NOTEBOOK else sys.argv[1:]
     given = dict(parse(arg) for arg in args if arg not in ("-h", "--help"))
-    globals().update(given)  # they choose the presets, and whether a checkpoint is read
+    globals().update(given)  # first, as they choose the presets and whether a checkpoint is read
     checkpoint = load_checkpoint(f"{out_dir}/{SCRIPT}.pt") if resume or max_iters == 0 else None
-    saved = checkpoint["config"] if checkpoint and not NOTEBOOK else {}  # (a notebook's cell says all)
-    for name, table in {} if saved else presets.items():  # device=cpu: LAPTOP; lecture=NAME: its rung
-        globals().update(table.get(globals()[name], {}))
-    globals().update({k: v for k, v in saved.items() if k not in OWN}, **given)
+    if checkpoint and not NOTEBOOK:  # its settings (a notebook's cell says every one itself)
+        globals().update({k: v for k, v in checkpoint["config"].items() if k not in OWN})
+    else:  # the presets: presets["device"][device], then in gpt_char.py presets["lecture"][lecture]
+        for name, table in presets.items():
+            globals().update(table.get(globals()[name], {}))
+    globals().update(given)  # and over them, the values given
     if "-h" in args or "--help" in args:  # the settings as they would be, with their comments
-        notes = dict(reversed(re.findall(r"^(\w+) = .*?  # (.*)$", open(__file__).read(), re.M)))
+        notes = dict(re.findall(r"^([a-z]\w*) = .*?  # (.*)$", SOURCE, re.M))
         print(__doc__.strip(), "\nSettings (name=value), as they would be here:", sep="\n")
         for k in DEFAULTS:
             print(wrap(f"  {f'{k}={globals()[k]!r}':<24} {notes.get(k, '')}"))
@@ -395,7 +399,7 @@ def changed(settings):  # name=value for each setting not as above
     return " ".join(f"{k}={settings[k]!r}" for k in DEFAULTS if k not in OWN and settings[k] != DEFAULTS[k])
 
 def clock(seconds):  # as hours:minutes:seconds
-    return time.strftime("%H:%M:%S", time.gmtime(seconds))
+    return str(datetime.timedelta(seconds=round(seconds)))
 
 DATA_FILES = {"tinyshakespeare.txt": (  # data/NAME: its URL and SHA-256
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
@@ -446,7 +450,7 @@ class Run:
                 if checkpoint["vocab"] != vocab:
                     raise ValueError("its text had another vocabulary")
                 model.load_state_dict(checkpoint["model"])
-                for optimizer, state in zip(optimizers, checkpoint["optimizers"]) if resume else []:
+                for optimizer, state in zip(optimizers, checkpoint["optimizers"]):
                     now = optimizer.state_dict()["param_groups"]  # this run's learning rate, weight decay...
                     optimizer.load_state_dict({**state, "param_groups": now})
             except (ValueError, RuntimeError) as e:  # another text; other sizes
@@ -458,19 +462,21 @@ class Run:
             os.makedirs(f"{out_dir}/previous", exist_ok=True)
             os.replace(self.path, f"{out_dir}/previous/{SCRIPT}.pt")
             print(f"(the last run's checkpoint is now {out_dir}/previous/{SCRIPT}.pt)")
-        os.makedirs(out_dir, exist_ok=True)  # now, not at the first checkpoint
-        self.resumed = KEPT["step"] = checkpoint and self.step  # None for a new run
-        self.began = self.last = time.time()
+        os.makedirs(out_dir, exist_ok=True)
+        tempfile.TemporaryFile(dir=out_dir).close()  # a folder to write in: found now, not after training
+        self.resumed = self.step if checkpoint else None  # a resumed run's step, evaluated already
+        KEPT["step"] = self.resumed
+        self.began = time.time()
         self.mark = (self.step, self.began)  # the last evaluation's step and time
 
     def stepped(self, step, loss, tokens):  # a progress line every log_interval steps, and after the first
-        (since, then), now = self.mark, time.time()
-        pace, self.last = tokens / (now - self.last), now
         evaluates = step % eval_interval == 0 or step == max_iters  # (its line says it all)
         if (step % log_interval == 0 or step == (self.resumed or 0) + 1) and not evaluates:
             self.losses.append((step, loss.item()))
-            left = clock((now - then) / (step - since) * (max_iters - step))  # at the pace since then
-            print(f"step {step}/{max_iters} | loss {loss.item():.4f} | {pace:,.0f} tok/s | {left} left")
+            since, then = self.mark  # the last evaluation's step and time: the pace since
+            per_step = (time.time() - then) / (step - since)
+            print(f"step {step}/{max_iters} | loss {loss.item():.4f} | {tokens / per_step:,.0f} tok/s | "
+                  f"{clock(per_step * (max_iters - step))} left")
 
     def evaluating(self, step):  # which may take a while
         print(f"step {step}/{max_iters} | evaluating:", end=" ", flush=True)
@@ -481,13 +487,13 @@ class Run:
         self.evals.append((step, losses["train"], losses["val"]))
         vocab, model, optimizers = self.parts
         if step:  # to a temporary file first: never half a checkpoint
-            torch.save({"script": SCRIPT, "config": {k: globals()[k] for k in DEFAULTS}, "vocab": vocab,
-                        "step": step, "evals": self.evals, "losses": self.losses, "model": model.state_dict(),
-                        "optimizers": [o.state_dict() for o in optimizers]}, self.path + ".tmp")
+            with open(self.path + ".tmp", "wb") as f:
+                torch.save({"script": SCRIPT, "config": {k: globals()[k] for k in DEFAULTS}, "vocab": vocab,
+                            "step": step, "evals": self.evals, "losses": self.losses, "optimizers":
+                            [o.state_dict() for o in optimizers], "model": model.state_dict()}, f)
             os.replace(self.path + ".tmp", self.path)
             KEPT["step"] = step
-        self.last = time.time()
-        self.mark = (step, self.last)
+        self.mark = (step, time.time())
 
     def plot(self):  # a batch's loss at each progress line; the train and val loss at each evaluation
         if fig := figure(figsize=(6, 4)):
@@ -525,7 +531,7 @@ if __name__ == "__main__":
     except ImportError as e:  # a package that is not installed
         die(f"this needs {e.name}: pip install {dict(bs4='beautifulsoup4').get(e.name, e.name)}")
     except OSError as e:  # a file that cannot be read or written, a full disk
-        die(f"could not read or write {e.filename}: {e.strerror or e}")
+        die(f"could not read or write {e.filename or 'a file'}: {e.strerror or e}")
     except RuntimeError as e:  # torch.OutOfMemoryError is one; a CPU's is "can't allocate memory"
         if "out of memory" not in str(e) and "can't allocate memory" not in str(e):
             raise

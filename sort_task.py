@@ -376,11 +376,12 @@ def main():
     draw_attention(weights, labels)
 
 # Plumbing ========= the same in every script: settings, data, checkpoints, progress, pictures, errors
-import difflib, os, re, sys, textwrap, time  # noqa: E401,E402
+import datetime, difflib, os, re, sys, tempfile, textwrap, time  # noqa: E401,E402
 
 SCRIPT = "sort_task"
-DEFAULTS = {k: v for k, v in globals().items() if k[0].islower() and isinstance(v, (int, float, str))}
-NOTEBOOK = "__file__" not in globals()  # pasted into a cell
+NOTEBOOK = "__file__" not in globals()  # pasted into a cell, whose text is IPython's In[-1]
+SOURCE = globals().get("In", [""])[-1] if NOTEBOOK else open(__file__, encoding="utf-8").read()
+DEFAULTS = {k: globals()[k] for k in re.findall(r"^([a-z]\w*) = ", SOURCE, re.M)}  # the hyperparameters
 OWN = ("device", "out_dir", "resume")  # never taken from a checkpoint
 KEPT = {}  # the step that out_dir/SCRIPT.pt keeps
 
@@ -414,14 +415,16 @@ class Stopped(Exception):
 def configure(**presets):  # sets the settings; returns the checkpoint to go on from, or None
     args = [] if NOTEBOOK else sys.argv[1:]
     given = dict(parse(arg) for arg in args if arg not in ("-h", "--help"))
-    globals().update(given)  # they choose the presets, and whether a checkpoint is read
+    globals().update(given)  # first, as they choose the presets and whether a checkpoint is read
     checkpoint = load_checkpoint(f"{out_dir}/{SCRIPT}.pt") if resume or max_iters == 0 else None
-    saved = checkpoint["config"] if checkpoint and not NOTEBOOK else {}  # (a notebook's cell says all)
-    for name, table in {} if saved else presets.items():  # device=cpu: LAPTOP; lecture=NAME: its rung
-        globals().update(table.get(globals()[name], {}))
-    globals().update({k: v for k, v in saved.items() if k not in OWN}, **given)
+    if checkpoint and not NOTEBOOK:  # its settings (a notebook's cell says every one itself)
+        globals().update({k: v for k, v in checkpoint["config"].items() if k not in OWN})
+    else:  # the presets: presets["device"][device], then in gpt_char.py presets["lecture"][lecture]
+        for name, table in presets.items():
+            globals().update(table.get(globals()[name], {}))
+    globals().update(given)  # and over them, the values given
     if "-h" in args or "--help" in args:  # the settings as they would be, with their comments
-        notes = dict(reversed(re.findall(r"^(\w+) = .*?  # (.*)$", open(__file__).read(), re.M)))
+        notes = dict(re.findall(r"^([a-z]\w*) = .*?  # (.*)$", SOURCE, re.M))
         print(__doc__.strip(), "\nSettings (name=value), as they would be here:", sep="\n")
         for k in DEFAULTS:
             print(wrap(f"  {f'{k}={globals()[k]!r}':<24} {notes.get(k, '')}"))
@@ -460,7 +463,7 @@ def changed(settings):  # name=value for each setting not as above
     return " ".join(f"{k}={settings[k]!r}" for k in DEFAULTS if k not in OWN and settings[k] != DEFAULTS[k])
 
 def clock(seconds):  # as hours:minutes:seconds
-    return time.strftime("%H:%M:%S", time.gmtime(seconds))
+    return str(datetime.timedelta(seconds=round(seconds)))
 
 def load_checkpoint(path):
     try:
@@ -482,7 +485,7 @@ class Run:
                 if checkpoint["vocab"] != vocab:
                     raise ValueError("its text had another vocabulary")
                 model.load_state_dict(checkpoint["model"])
-                for optimizer, state in zip(optimizers, checkpoint["optimizers"]) if resume else []:
+                for optimizer, state in zip(optimizers, checkpoint["optimizers"]):
                     now = optimizer.state_dict()["param_groups"]  # this run's learning rate, weight decay...
                     optimizer.load_state_dict({**state, "param_groups": now})
             except (ValueError, RuntimeError) as e:  # another text; other sizes
@@ -494,19 +497,21 @@ class Run:
             os.makedirs(f"{out_dir}/previous", exist_ok=True)
             os.replace(self.path, f"{out_dir}/previous/{SCRIPT}.pt")
             print(f"(the last run's checkpoint is now {out_dir}/previous/{SCRIPT}.pt)")
-        os.makedirs(out_dir, exist_ok=True)  # now, not at the first checkpoint
-        self.resumed = KEPT["step"] = checkpoint and self.step  # None for a new run
-        self.began = self.last = time.time()
+        os.makedirs(out_dir, exist_ok=True)
+        tempfile.TemporaryFile(dir=out_dir).close()  # a folder to write in: found now, not after training
+        self.resumed = self.step if checkpoint else None  # a resumed run's step, evaluated already
+        KEPT["step"] = self.resumed
+        self.began = time.time()
         self.mark = (self.step, self.began)  # the last evaluation's step and time
 
     def stepped(self, step, loss, tokens):  # a progress line every log_interval steps, and after the first
-        (since, then), now = self.mark, time.time()
-        pace, self.last = tokens / (now - self.last), now
         evaluates = step % eval_interval == 0 or step == max_iters  # (its line says it all)
         if (step % log_interval == 0 or step == (self.resumed or 0) + 1) and not evaluates:
             self.losses.append((step, loss.item()))
-            left = clock((now - then) / (step - since) * (max_iters - step))  # at the pace since then
-            print(f"step {step}/{max_iters} | loss {loss.item():.4f} | {pace:,.0f} tok/s | {left} left")
+            since, then = self.mark  # the last evaluation's step and time: the pace since
+            per_step = (time.time() - then) / (step - since)
+            print(f"step {step}/{max_iters} | loss {loss.item():.4f} | {tokens / per_step:,.0f} tok/s | "
+                  f"{clock(per_step * (max_iters - step))} left")
 
     def evaluating(self, step):  # which may take a while
         print(f"step {step}/{max_iters} | evaluating:", end=" ", flush=True)
@@ -517,13 +522,13 @@ class Run:
         self.evals.append((step, losses["train"], losses["val"]))
         vocab, model, optimizers = self.parts
         if step:  # to a temporary file first: never half a checkpoint
-            torch.save({"script": SCRIPT, "config": {k: globals()[k] for k in DEFAULTS}, "vocab": vocab,
-                        "step": step, "evals": self.evals, "losses": self.losses, "model": model.state_dict(),
-                        "optimizers": [o.state_dict() for o in optimizers]}, self.path + ".tmp")
+            with open(self.path + ".tmp", "wb") as f:
+                torch.save({"script": SCRIPT, "config": {k: globals()[k] for k in DEFAULTS}, "vocab": vocab,
+                            "step": step, "evals": self.evals, "losses": self.losses, "optimizers":
+                            [o.state_dict() for o in optimizers], "model": model.state_dict()}, f)
             os.replace(self.path + ".tmp", self.path)
             KEPT["step"] = step
-        self.last = time.time()
-        self.mark = (step, self.last)
+        self.mark = (step, time.time())
 
     def plot(self):  # a batch's loss at each progress line; the train and val loss at each evaluation
         if fig := figure(figsize=(6, 4)):
@@ -572,7 +577,7 @@ if __name__ == "__main__":
     except ImportError as e:  # a package that is not installed
         die(f"this needs {e.name}: pip install {dict(bs4='beautifulsoup4').get(e.name, e.name)}")
     except OSError as e:  # a file that cannot be read or written, a full disk
-        die(f"could not read or write {e.filename}: {e.strerror or e}")
+        die(f"could not read or write {e.filename or 'a file'}: {e.strerror or e}")
     except RuntimeError as e:  # torch.OutOfMemoryError is one; a CPU's is "can't allocate memory"
         if "out of memory" not in str(e) and "can't allocate memory" not in str(e):
             raise

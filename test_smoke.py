@@ -44,11 +44,11 @@ ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # t
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 EVAL = re.compile(
     r"^step (\d+)/(\d+) \| evaluating: train ([\d.]+) \| val ([\d.]+) \| "
-    r"(?:val bpc ([\d.]+)|held-out sorted ([\d.]+)%) \| \d\d:\d\d:\d\d$",
+    r"(?:val bpc ([\d.]+)|held-out sorted ([\d.]+)%) \| \d+:\d\d:\d\d$",
     re.M,
 )
 PROGRESS = re.compile(
-    r"^step (\d+)/\d+ \| loss ([\d.]+) \| ([\d,]+) tok/s \| \d\d:\d\d:\d\d left$", re.M
+    r"^step (\d+)/\d+ \| loss ([\d.]+) \| ([\d,]+) tok/s \| \d+:\d\d:\d\d left$", re.M
 )
 SAMPLE_MARK = "--- sample"
 _count = itertools.count()
@@ -204,7 +204,7 @@ from IPython.core.interactiveshell import InteractiveShell
 cells = sys.argv[1:]
 sys.argv = ["/usr/local/lib/python3/dist-packages/colab_kernel_launcher.py", "-f", "/root/kernel-1.json"]
 for cell in cells:  # cells run one after the other in the same kernel
-    result = InteractiveShell.instance().run_cell(open(cell, encoding="utf-8").read())
+    result = InteractiveShell.instance().run_cell(open(cell, encoding="utf-8").read(), store_history=True)
 sys.exit(0 if result.success else 3)
 """
 
@@ -1183,9 +1183,8 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_last_one(tmp_path, monkey
     saved = sha256(path)
 
     def disk_full(obj, f):
-        with open(f, "wb") as partial:
-            partial.write(b"half")
-        raise OSError(28, "No space left on device", f)
+        f.write(b"half")
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
     status, _, err = run("gpt_char", ["resume=true", "max_iters=6"], monkeypatch, capsys, tiny=False)
@@ -1843,7 +1842,7 @@ def test_shared_blocks_have_the_same_text(names, scripts):
 
 
 BUDGETS = {"bigram": 240, "gpt_char": 320, "gpt_bpe": 570, "sort_task": 420}  # the lesson's lines at most
-PLUMBING_LINES, PLUMBING_BYTES = 235, 13_600  # the plumbing's size at most, from the banner on
+PLUMBING_LINES, PLUMBING_BYTES = 240, 14_000  # the plumbing's size at most, from the banner on
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

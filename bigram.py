@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-# ---------------------------------------------------------------------- hyperparameters: the lecture's
+# hyperparameters: the lecture's ------------------------------------
 batch_size = 32  # how many independent sequences will we process in parallel?
 block_size = 8  # what is the maximum context length for predictions?
 max_iters = 3000  # steps of the optimizer
@@ -38,7 +38,7 @@ resume = False  # go on from out_dir/bigram.pt
 start = "\n"  # the prompt the sample continues
 max_new_tokens = 500  # characters to sample
 
-# ------------------------------------------------------------------------------ data and tokenizer
+# data and tokenizer ------------------------------------------------
 TEXTS = {"shakespeare": "tinyshakespeare.txt"}  # dataset= -> data/NAME
 
 def tokenizer(text):
@@ -51,7 +51,7 @@ def tokenizer(text):
     decode = lambda l: "".join([itos[i] for i in l])  # decoder: take a list of integers, output a string
     return chars, encode, decode
 
-# --------------------------------------------------------------------------------------------- model
+# model -------------------------------------------------------------
 class BigramLanguageModel(nn.Module):
 
     def __init__(self, vocab_size):
@@ -99,7 +99,7 @@ def score(log_probs, data):
     """The mean loss of a table of log-probabilities over every pair of data, in nats per token."""
     return -log_probs[data[:-1], data[1:]].mean().item()
 
-# ------------------------------------------------------------------------------------------ training
+# training ----------------------------------------------------------
 def get_batch(data, generator=None):
     # generate a small batch of data of inputs x and targets y
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
@@ -149,14 +149,14 @@ def train(model, optimizer, train_data, val_data, run):
         optimizer.step()
         run.stepped(iter + 1, loss, xb.numel())
 
-# ------------------------------------------------------------------------------------------ sampling
+# sampling ----------------------------------------------------------
 @torch.no_grad()
 def sample(model, encode):  # the prompt start=, continued by max_new_tokens tokens, with dropout off
     model.eval()
     context = torch.tensor([encode(start)], dtype=torch.long, device=device)
     return model.generate(context, max_new_tokens)[0].tolist()
 
-# ---------------------------------------------------------------------------------------------- main
+# main --------------------------------------------------------------
 def main():
     checkpoint = configure()  # these functions (configure, load_text, check_data, Run) are below main()
     torch.manual_seed(seed)

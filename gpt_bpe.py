@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-# ------------------------------------------------------ hyperparameters: the lecture's sizes, step 3's recipe
+# hyperparameters: the lecture's sizes, step 3's recipe -------------
 batch_size = 64  # how many independent sequences will we process in parallel?
 block_size = 256  # what is the maximum context length for predictions? In tokens
 max_iters = 5000  # steps of the optimizers
@@ -73,7 +73,7 @@ top_k = 0  # draw among the k likeliest only; 0: all
 LAPTOP = dict(batch_size=16, block_size=64, max_iters=1500, eval_interval=500, learning_rate=3e-3,
               min_lr=3e-4, eval_iters=20, n_embd=128, n_head=4, n_layer=4, dropout=0.0)
 
-# ------------------------------------------------------------------------------ data and tokenizer
+# data and tokenizer ------------------------------------------------
 TEXTS = {"shakespeare": "tinyshakespeare.txt", "atticus": "atticus.xml"}  # dataset= -> data/NAME
 GPT2 = ["gpt2/encoder.json", "gpt2/vocab.bpe"]  # GPT-2's ids and merges, the files tiktoken downloads
 
@@ -271,7 +271,7 @@ def make_tokenizer(vocab, bpe):
     decode = lambda ids: bpe.decode([vocab[i] for i in ids])  # noqa: E731  list of ints -> string
     return encode, decode
 
-# --------------------------------------------------------------------------------------------- model
+# model -------------------------------------------------------------
 class CausalSelfAttention(nn.Module):
     """Step 2's MultiHeadAttention, all heads at once: one projection makes every head's query, key and
     value, and one fused kernel attends, never forming a (T, T) wei: far less memory, and faster. No
@@ -365,7 +365,7 @@ class GPT(nn.Module):
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
 
-# ----------------------------------------------------------------------------------------- optimizer
+# optimizer ---------------------------------------------------------
 def orthogonalize(G, steps=5):
     """A batch of matrices G -> about U V^T of each one's SVD (singular values near 1), by Newton-Schulz."""
     if G.size(-2) > G.size(-1):
@@ -414,7 +414,7 @@ def make_optimizers(model):
     adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.99), fused=device != "mps")
     return [Muon(muon, lr=learning_rate, weight_decay=weight_decay), adamw] if muon else [adamw]
 
-# ------------------------------------------------------------------------------------------ training
+# training ----------------------------------------------------------
 def get_batch(data, generator=None):
     # generate a small batch of data of inputs x and targets y
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
@@ -494,14 +494,14 @@ def train(model, optimizers, train_data, val_data, run, characters):
             optimizer.zero_grad(set_to_none=True)
         run.stepped(iter + 1, loss, xb.numel())
 
-# ------------------------------------------------------------------------------------------ sampling
+# sampling ----------------------------------------------------------
 @torch.no_grad()
 def sample(model, encode):  # the prompt start=, continued by max_new_tokens tokens, with dropout off
     model.eval()
     context = torch.tensor([encode(start)], dtype=torch.long, device=device)
     return model.generate(context, max_new_tokens, temperature, top_k)[0].tolist()
 
-# ---------------------------------------------------------------------------------------------- main
+# main --------------------------------------------------------------
 def main():
     checkpoint = configure(device=dict(cpu=LAPTOP, mps=LAPTOP))  # these functions (configure, data_files,
     torch.manual_seed(seed)  # load_text, check_data, Run) are below main()

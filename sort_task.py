@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-# ------------------------------------------------------------------ hyperparameters: the task, step 3's GPT
+# hyperparameters: the task, step 3's GPT ---------------------------
 length = 6  # digits to sort
 num_digits = 5  # the digits are 0 .. num_digits-1, 2 to 10 of them
 batch_size = 128  # sequences per step
@@ -55,7 +55,7 @@ out_dir = "out"  # for the checkpoint and the pictures
 resume = False  # go on from out_dir/sort_task.pt
 start = ""  # digits to sort after training, e.g. 210210; empty: a held-out input
 
-# ---------------------------------------------------------------------------------------------- data
+# data --------------------------------------------------------------
 def held_out(digits):
     """Whether an input (a list of digits) is held out: its multiset, so its sorted answer, is in a quarter
     chosen by hashlib (the same in every run, unlike hash()). No held-out answer is ever a training target."""
@@ -99,7 +99,7 @@ def encode(s):  # a digit is its own token: "2104" -> [2, 1, 0, 4]
 def decode(ids):  # [2, 1, 0, 4] -> "2104"
     return "".join(map(str, ids))
 
-# --------------------------------------------------------------------------------------------- model
+# model -------------------------------------------------------------
 class CausalSelfAttention(nn.Module):
     """Step 2's MultiHeadAttention, all heads at once: one projection makes every head's query, key and
     value, and one fused kernel attends, never forming a (T, T) wei: far less memory, and faster. No
@@ -193,7 +193,7 @@ class GPT(nn.Module):
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
 
-# ----------------------------------------------------------------------------------------- optimizer
+# optimizer ---------------------------------------------------------
 def orthogonalize(G, steps=5):
     """A batch of matrices G -> about U V^T of each one's SVD (singular values near 1), by Newton-Schulz."""
     if G.size(-2) > G.size(-1):
@@ -242,7 +242,7 @@ def make_optimizers(model):
     adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.99), fused=device != "mps")
     return [Muon(muon, lr=learning_rate, weight_decay=weight_decay), adamw] if muon else [adamw]
 
-# ------------------------------------------------------------------------------------------ training
+# training ----------------------------------------------------------
 def get_batch(split, generator=None):
     """batch_size examples of one side of the split: "train", or "val" (the held-out multisets)."""
     rows = []
@@ -319,7 +319,7 @@ def train(model, optimizers, held, run):
             optimizer.zero_grad(set_to_none=True)
         run.stepped(iter + 1, loss, xb.numel())
 
-# ------------------------------------------------------------------------------------------ sampling
+# sampling ----------------------------------------------------------
 @torch.no_grad()
 def last_block_attention(model, idx):
     """What each head of the last block attends to while reading idx (1, T): softmax(q k^T / sqrt(hs)),
@@ -347,7 +347,7 @@ def print_attention(weights, labels, row):
             marks = " ".join(shades[math.ceil(9 * w)] for w in weights[h, t].tolist())
             print(f"{'->' if t == row else '  '} {t:2d} {label}  {marks}")
 
-# ---------------------------------------------------------------------------------------------- main
+# main --------------------------------------------------------------
 def main():
     checkpoint = configure()  # these functions (configure, Run, draw_attention) are below main()
     torch.manual_seed(seed)

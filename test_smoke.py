@@ -267,6 +267,15 @@ def test_a_mistake_in_a_notebook_ends_in_its_sentence_alone(tmp_path):
     )
 
 
+def test_another_cells_variables_are_not_settings(tmp_path):
+    """A kernel that ran other cells first (another script's setting, a variable below 0): the settings of
+    the script are the lines of its own cell."""
+    p = notebook("gpt_char", tmp_path, "x = -1\nmin_lr = 0.5\n", edited("gpt_char", **TINY["gpt_char"]))
+    assert p.returncode == 0, p.stdout + p.stderr
+    config = torch.load(tmp_path / "out" / "gpt_char.pt", weights_only=True)["config"]
+    assert list(config) == list(load("gpt_char").DEFAULTS) and "x" not in config
+
+
 def test_a_preset_in_a_notebook_sets_its_rung_and_says_so(tmp_path):
     source = edited(
         "gpt_char", lecture="head", max_iters=2, eval_interval=1, eval_iters=1, max_new_tokens=5

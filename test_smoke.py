@@ -415,6 +415,7 @@ def test_help_shows_every_setting_with_its_meaning(script, monkeypatch, capsys):
         (["batch_size=0"], "eval_iters, log_interval: 1 or more"),
         (["dropout=1"], "dropout=1.0 is not below 1"),
         (["mlp=false"], "mlp=false needs residual=false"),
+        (["n_embd=2", "n_head=4"], "n_head=4 is more than n_embd=2: each head would be 0 wide"),
         (["max_new_tokens=-1"], "max_new_tokens=-1 is below 0"),
         (["seed=-1"], "seed=-1 is below 0"),
         (["start="], "start= cannot be empty"),

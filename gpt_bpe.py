@@ -582,7 +582,7 @@ def configure(**presets):  # sets the settings; returns the checkpoint to go on 
     checkpoint = load_checkpoint(f"{out_dir}/{SCRIPT}.pt") if resume or max_iters == 0 else None
     if checkpoint and not NOTEBOOK:  # its settings (a notebook's cell says every one itself)
         globals().update({k: v for k, v in checkpoint["config"].items() if k not in OWN})
-    else:  # the presets: presets["device"][device], then in gpt_char.py presets["lecture"][lecture]
+    else:  # the presets that the settings name: device=cpu picks presets["device"]["cpu"], and so on
         for name, table in presets.items():
             globals().update(table.get(globals()[name], {}))
     globals().update(given)  # and over them, the values given

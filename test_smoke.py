@@ -608,6 +608,7 @@ def tiny(module, vocab_size=11, block_size=8):
         block_size,
         0.0,
     )
+    module.device = "cpu"  # where these tests build it, on a machine with a GPU too
     if hasattr(module, "GPTLanguageModel"):
         return module.GPTLanguageModel(vocab_size).eval()
     return module.GPT(vocab_size, block_size, n_embd=16, n_head=4, n_layer=2, dropout=0.0).eval()

@@ -431,6 +431,8 @@ def configure(**presets):  # sets the settings; returns the checkpoint to go on 
         sys.exit(0)
     said = problems() + [f"{k}={v} is below 0" for k, v in globals().items()
                          if k in DEFAULTS and not isinstance(v, str) and v < 0]
+    if seed >= 2**62:  # each step's seed, seed + 1_000_003 * step, is a 64-bit number
+        said.append(f"seed={seed} is not below 2**62")
     try:
         torch.empty(0, device=device)
     except Exception:

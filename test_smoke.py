@@ -418,6 +418,7 @@ def test_help_shows_every_setting_with_its_meaning(script, monkeypatch, capsys):
         (["n_embd=2", "n_head=4"], "n_head=4 is more than n_embd=2: each head would be 0 wide"),
         (["max_new_tokens=-1"], "max_new_tokens=-1 is below 0"),
         (["seed=-1"], "seed=-1 is below 0"),
+        (["seed=99999999999999999999"], "seed=99999999999999999999 is not below 2**62"),
         (["start="], "start= cannot be empty"),
         (["device=gpu"], "device='gpu' is not a device of this machine"),
         (["device=cuda:7"], "device='cuda:7' is not a device of this machine"),
